@@ -1,0 +1,1 @@
+//! The directive table: every configuration directive, declared once.

@@ -1,0 +1,158 @@
+//! What the pyfpm manager and its workers agree on.
+//!
+//! The manager (pure Rust, no libpython) starts each worker as the pool's own Python
+//! interpreter running [`BOOTSTRAP`], which loads the worker-core extension module from an
+//! explicit path and calls its `serve()`. Everything the worker needs to know arrives in
+//! one JSON document, the [`WorkerSpec`], in the environment variable [`SPEC_ENV`]. The
+//! listening sockets and the control pipe are inherited file descriptors whose numbers
+//! the spec names.
+//!
+//! This crate is deliberately tiny: it is the whole contract between the two programs, so
+//! that a manager and a worker module from different builds can detect the mismatch
+//! ([`PROTOCOL_VERSION`], [`BUILD_ID`]) instead of misbehaving.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Bumped whenever [`WorkerSpec`] or the control messages change shape.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The version of the pyfpm build. Manager and worker module must carry the same one.
+pub const BUILD_ID: &str = env!("CARGO_PKG_VERSION");
+
+/// Prefix of [`BUILD_MARKER`], for finding it inside a module image.
+pub const BUILD_MARKER_PREFIX: &str = "pyfpm-worker-build=";
+
+/// Text embedded in every worker module (as a `#[used]` static) so that the manager can
+/// tell, before starting anything, whether a module file comes from its own build.
+/// Keep the protocol number here in step with [`PROTOCOL_VERSION`].
+pub const BUILD_MARKER: &str = concat!(
+    "pyfpm-worker-build=",
+    env!("CARGO_PKG_VERSION"),
+    "/protocol=1"
+);
+
+/// Environment variable holding the JSON-encoded [`WorkerSpec`].
+pub const SPEC_ENV: &str = "PYFPM_WORKER_SPEC";
+
+/// Name under which the extension module is imported in the worker.
+pub const MODULE_NAME: &str = "pyfpm_worker";
+
+/// Python source run by the worker interpreter as `python -c BOOTSTRAP MODULE_PATH`.
+///
+/// It loads the extension from an explicit file path (no installation into the pool's
+/// site-packages, no `sys.path` games), so the manager decides exactly which build of the
+/// worker core runs, and then hands control to `serve()`, which never returns normally.
+pub const BOOTSTRAP: &str = "\
+import sys, importlib.machinery, importlib.util
+path = sys.argv[1]
+loader = importlib.machinery.ExtensionFileLoader('pyfpm_worker', path)
+spec = importlib.util.spec_from_file_location('pyfpm_worker', path, loader=loader)
+module = importlib.util.module_from_spec(spec)
+sys.modules['pyfpm_worker'] = module
+loader.exec_module(module)
+del sys.argv[1:]
+sys.exit(module.serve())
+";
+
+/// Worker exit codes the manager gives a meaning to. Anything else is a crash.
+pub mod exit {
+    /// Clean exit: graceful stop finished, or a recycling limit was reached.
+    pub const OK: i32 = 0;
+    /// The worker could not start serving for a reason in the environment or the spec
+    /// (bad spec, unusable socket fd, ...). Retrying quickly will not help.
+    pub const BOOT_ERROR: i32 = 3;
+    /// The pool's app could not be imported or is not callable. The traceback was
+    /// written to stderr. The manager backs off before trying again.
+    pub const APP_LOAD_ERROR: i32 = 4;
+    /// The worker module is from another pyfpm build than the manager. Fatal for the pool.
+    pub const VERSION_MISMATCH: i32 = 5;
+}
+
+/// Lines the worker writes on its control pipe (one message per line, ASCII).
+pub mod control {
+    /// Written once the app is imported and the worker is about to accept.
+    pub const READY: &str = "ready";
+}
+
+/// One inherited listening socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerFd {
+    /// File descriptor number in the worker (inherited, not close-on-exec).
+    pub fd: i32,
+    /// The address as written in the config, for log messages.
+    pub address: String,
+    /// `true` for a Unix-domain socket, `false` for TCP.
+    pub unix: bool,
+}
+
+/// Everything a worker needs to serve one pool.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    /// Must equal [`PROTOCOL_VERSION`] of the worker module.
+    pub protocol: u32,
+    /// The manager's [`BUILD_ID`]; the worker refuses to run under another build.
+    pub build: String,
+    /// Pool name, for log lines.
+    pub pool: String,
+    /// The worker's slot in its pool (0-based), stable across respawns of that slot.
+    pub slot: u32,
+    /// The WSGI application, `module:callable` (callable may be a dotted attribute path).
+    pub app: String,
+    /// Directories prepended to `sys.path` before the app is imported.
+    pub python_path: Vec<PathBuf>,
+    /// URL prefix the app is mounted at: `""` for the root, else `/prefix` without a
+    /// trailing slash. Decides the SCRIPT_NAME / PATH_INFO split.
+    pub mount: String,
+    /// Listening sockets to accept on.
+    pub listeners: Vec<ListenerFd>,
+    /// Write end of the control pipe to the manager (see [`control`]); the worker also
+    /// treats its closing (manager gone) as a signal to exit.
+    pub control_fd: i32,
+    /// Largest accepted total size of a request's FCGI_PARAMS stream, in bytes.
+    pub request_params_max: usize,
+}
+
+impl WorkerSpec {
+    /// Serialise for [`SPEC_ENV`].
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("WorkerSpec is always serialisable")
+    }
+
+    /// Parse from [`SPEC_ENV`].
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_names_the_protocol_version() {
+        assert!(BUILD_MARKER.starts_with(BUILD_MARKER_PREFIX));
+        assert!(BUILD_MARKER.ends_with(&format!("/protocol={PROTOCOL_VERSION}")));
+    }
+
+    #[test]
+    fn spec_round_trips_through_json() {
+        let spec = WorkerSpec {
+            protocol: PROTOCOL_VERSION,
+            build: BUILD_ID.into(),
+            pool: "www".into(),
+            slot: 2,
+            app: "app:application".into(),
+            python_path: vec!["/srv/app".into()],
+            mount: "/blog".into(),
+            listeners: vec![ListenerFd {
+                fd: 5,
+                address: "127.0.0.1:9000".into(),
+                unix: false,
+            }],
+            control_fd: 7,
+            request_params_max: 1 << 20,
+        };
+        assert_eq!(WorkerSpec::from_json(&spec.to_json()).unwrap(), spec);
+    }
+}

@@ -1,0 +1,1 @@
+//! pyfpm's worker core.
