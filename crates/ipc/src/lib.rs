@@ -4,7 +4,7 @@
 //! interpreter running [`BOOTSTRAP`], which loads the worker-core extension module from an
 //! explicit path and calls its `serve()`. Everything the worker needs to know arrives in
 //! one JSON document, the [`WorkerSpec`], in the environment variable [`SPEC_ENV`]. The
-//! listening sockets and the control pipe are inherited file descriptors whose numbers
+//! listening sockets and the control socket are inherited file descriptors whose numbers
 //! the spec names.
 //!
 //! This crate is deliberately tiny: it is the whole contract between the two programs, so
@@ -69,7 +69,7 @@ pub mod exit {
     pub const VERSION_MISMATCH: i32 = 5;
 }
 
-/// Lines the worker writes on its control pipe (one message per line, ASCII).
+/// Lines the worker writes on its control socket (one message per line, ASCII).
 pub mod control {
     /// Written once the app is imported and the worker is about to accept.
     pub const READY: &str = "ready";
@@ -106,9 +106,12 @@ pub struct WorkerSpec {
     pub mount: String,
     /// Listening sockets to accept on.
     pub listeners: Vec<ListenerFd>,
-    /// Write end of the control pipe to the manager (see [`control`]); the worker also
-    /// treats its closing (manager gone) as a signal to exit.
+    /// The worker's end of a Unix socketpair to the manager (see [`control`]). End of
+    /// file on it means the manager is gone: the worker finishes its request and exits.
     pub control_fd: i32,
+    /// FCGI_MAX_CONNS / FCGI_MAX_REQS to report to GET_VALUES: what the whole pool can
+    /// serve at once (its worker count, one connection and one request each for now).
+    pub fcgi_max_conns: u32,
     /// Largest accepted total size of a request's FCGI_PARAMS stream, in bytes.
     pub request_params_max: usize,
 }
@@ -151,6 +154,7 @@ mod tests {
                 unix: false,
             }],
             control_fd: 7,
+            fcgi_max_conns: 4,
             request_params_max: 1 << 20,
         };
         assert_eq!(WorkerSpec::from_json(&spec.to_json()).unwrap(), spec);
