@@ -6,6 +6,9 @@
 //! records to an output buffer the caller writes out. "Need more bytes" is `Ok(None)`,
 //! never an error, so records may be split at any byte.
 //!
+//! Record content is handed out as [`bytes::Bytes`] views of the read buffer, not copies;
+//! a request's PARAMS are copied only when they arrive in more than one record.
+//!
 //! Module map:
 //! - [`record`]: record header and framing (nom), the record-type/role/status enums.
 //! - [`nv`]: name-value pairs with 1- and 4-byte lengths.
@@ -13,6 +16,40 @@
 //! - [`encode`]: record encoders; streams are chunked into records of at most 65535 bytes.
 //! - [`server`]: the application-side connection state machine (what a worker runs).
 //! - [`client`]: the web-server side: response decoding, used by `pyfpm request` and tests.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use fastcgi::*;
+//!
+//! // What a web server sends...
+//! let mut wire = BytesMut::new();
+//! encode_begin_request(&mut wire, 1, Role::Responder, false);
+//! encode_params(&mut wire, 1, [(&b"REQUEST_METHOD"[..], &b"GET"[..])]);
+//! encode_end_of_stream(&mut wire, RecordType::Stdin, 1);
+//!
+//! // ...arriving in two pieces at the application.
+//! let mut conn = ServerConnection::new(ServerConfig::default());
+//! conn.receive(&wire[..5]);
+//! assert_eq!(conn.poll_event(), Ok(None));
+//! conn.receive(&wire[5..]);
+//! let mut events = Vec::new();
+//! while let Some(event) = conn.poll_event().expect("valid FastCGI") {
+//!     events.push(event);
+//! }
+//! assert!(matches!(&events[1], Event::Params { params, .. }
+//!     if params.get(b"REQUEST_METHOD") == Some(&b"GET"[..])));
+//! assert!(matches!(&events[2], Event::Stdin { data, .. } if data.is_empty()));
+//!
+//! // The application answers; the web server decodes it.
+//! let mut reply = BytesMut::new();
+//! encode_stream(&mut reply, RecordType::Stdout, 1, b"Status: 204\r\n\r\n");
+//! encode_end_of_stream(&mut reply, RecordType::Stdout, 1);
+//! encode_end_request(&mut reply, 1, 0, ProtocolStatus::RequestComplete);
+//! conn.end_request(1);
+//! let mut client = ClientConnection::new();
+//! client.receive(&reply);
+//! assert!(matches!(client.poll_event(), Ok(Some(ClientEvent::Stdout { .. }))));
+//! ```
 
 pub mod body;
 pub mod client;
@@ -80,17 +117,19 @@ pub enum DecodeError {
     /// BEGIN_REQUEST for a request id that is already active on this connection.
     #[error("BEGIN_REQUEST for request {0}, which is already active")]
     DuplicateRequest(u16),
-    /// A record that only the other side may send (e.g. STDOUT sent to an application).
-    #[error("unexpected {record_type:?} record (request {request_id}) from the peer")]
+    /// A record that only the other side may send (e.g. STDOUT sent to an application), or
+    /// one out of order (STDIN before the PARAMS stream ended, PARAMS after it ended, data
+    /// after its stream's end, a management record on a request id or the reverse).
+    #[error(
+        "unexpected {record_type:?} record for request {request_id}: out of order, or one only \
+         the other side of a FastCGI connection may send"
+    )]
     UnexpectedRecord {
         /// What arrived.
         record_type: RecordType,
         /// Its request id.
         request_id: u16,
     },
-    /// A record type the receiving side cannot handle on a non-management request id.
-    #[error("application record of unknown type {0} ")]
-    UnknownApplicationRecord(u8),
     /// The peer closed the connection in the middle of a record.
     #[error("connection closed in the middle of a record ({0} bytes pending)")]
     TruncatedRecord(usize),

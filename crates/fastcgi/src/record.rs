@@ -1,7 +1,11 @@
-//! Record framing: the 8-byte header, record types, roles and protocol statuses.
+//! Record framing: the 8-byte header, record types, roles and protocol statuses, and
+//! [`RecordDecoder`], which splits whole records off a connection's read buffer without
+//! copying their content.
 
-use crate::DecodeError;
-use bytes::{Bytes, BytesMut};
+use crate::{DecodeError, FCGI_VERSION_1, HEADER_LEN};
+use bytes::{Buf, Bytes, BytesMut};
+use nom::Parser;
+use nom::number::streaming::{be_u8, be_u16};
 
 /// A FastCGI record type. Unknown values are kept, so they can be answered with
 /// FCGI_UNKNOWN_TYPE.
@@ -35,13 +39,39 @@ pub enum RecordType {
 
 impl From<u8> for RecordType {
     fn from(v: u8) -> Self {
-        todo!("{v}")
+        match v {
+            1 => RecordType::BeginRequest,
+            2 => RecordType::AbortRequest,
+            3 => RecordType::EndRequest,
+            4 => RecordType::Params,
+            5 => RecordType::Stdin,
+            6 => RecordType::Stdout,
+            7 => RecordType::Stderr,
+            8 => RecordType::Data,
+            9 => RecordType::GetValues,
+            10 => RecordType::GetValuesResult,
+            11 => RecordType::UnknownType,
+            other => RecordType::Other(other),
+        }
     }
 }
 
 impl From<RecordType> for u8 {
     fn from(t: RecordType) -> u8 {
-        todo!("{t:?}")
+        match t {
+            RecordType::BeginRequest => 1,
+            RecordType::AbortRequest => 2,
+            RecordType::EndRequest => 3,
+            RecordType::Params => 4,
+            RecordType::Stdin => 5,
+            RecordType::Stdout => 6,
+            RecordType::Stderr => 7,
+            RecordType::Data => 8,
+            RecordType::GetValues => 9,
+            RecordType::GetValuesResult => 10,
+            RecordType::UnknownType => 11,
+            RecordType::Other(v) => v,
+        }
     }
 }
 
@@ -61,19 +91,34 @@ pub enum Role {
 impl Role {
     /// `"RESPONDER"`, `"AUTHORIZER"`, `"FILTER"`; `None` for an unknown role.
     pub fn as_str(self) -> Option<&'static str> {
-        todo!()
+        match self {
+            Role::Responder => Some("RESPONDER"),
+            Role::Authorizer => Some("AUTHORIZER"),
+            Role::Filter => Some("FILTER"),
+            Role::Other(_) => None,
+        }
     }
 }
 
 impl From<u16> for Role {
     fn from(v: u16) -> Self {
-        todo!("{v}")
+        match v {
+            1 => Role::Responder,
+            2 => Role::Authorizer,
+            3 => Role::Filter,
+            other => Role::Other(other),
+        }
     }
 }
 
 impl From<Role> for u16 {
     fn from(r: Role) -> u16 {
-        todo!("{r:?}")
+        match r {
+            Role::Responder => 1,
+            Role::Authorizer => 2,
+            Role::Filter => 3,
+            Role::Other(v) => v,
+        }
     }
 }
 
@@ -94,13 +139,25 @@ pub enum ProtocolStatus {
 
 impl From<u8> for ProtocolStatus {
     fn from(v: u8) -> Self {
-        todo!("{v}")
+        match v {
+            0 => ProtocolStatus::RequestComplete,
+            1 => ProtocolStatus::CantMpxConn,
+            2 => ProtocolStatus::Overloaded,
+            3 => ProtocolStatus::UnknownRole,
+            other => ProtocolStatus::Other(other),
+        }
     }
 }
 
 impl From<ProtocolStatus> for u8 {
     fn from(s: ProtocolStatus) -> u8 {
-        todo!("{s:?}")
+        match s {
+            ProtocolStatus::RequestComplete => 0,
+            ProtocolStatus::CantMpxConn => 1,
+            ProtocolStatus::Overloaded => 2,
+            ProtocolStatus::UnknownRole => 3,
+            ProtocolStatus::Other(v) => v,
+        }
     }
 }
 
@@ -119,9 +176,45 @@ pub struct Header {
     pub padding_length: u8,
 }
 
+impl Header {
+    /// The 8 wire bytes of this header (the reserved byte is 0). Lets a caller write a
+    /// header and then the content straight from its own buffer (vectored I/O) instead of
+    /// copying the content through [`encode_record`](crate::encode_record).
+    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let id = self.request_id.to_be_bytes();
+        let len = self.content_length.to_be_bytes();
+        [
+            self.version,
+            self.record_type.into(),
+            id[0],
+            id[1],
+            len[0],
+            len[1],
+            self.padding_length,
+            0,
+        ]
+    }
+
+    /// Bytes the whole record occupies on the wire: header, content and padding.
+    pub fn record_len(&self) -> usize {
+        HEADER_LEN + usize::from(self.content_length) + usize::from(self.padding_length)
+    }
+}
+
 /// nom parser for one 8-byte header. Does not check the version.
 pub fn parse_header(input: &[u8]) -> nom::IResult<&[u8], Header> {
-    todo!("{}", input.len())
+    let (rest, (version, record_type, request_id, content_length, padding_length, _reserved)) =
+        (be_u8, be_u8, be_u16, be_u16, be_u8, be_u8).parse(input)?;
+    Ok((
+        rest,
+        Header {
+            version,
+            record_type: record_type.into(),
+            request_id,
+            content_length,
+            padding_length,
+        },
+    ))
 }
 
 /// One complete record, padding removed. `content` shares the connection buffer's memory.
@@ -147,7 +240,128 @@ impl RecordDecoder {
 
     /// Take the next complete record off the front of `buf`. `Ok(None)` means more bytes
     /// are needed (nothing is consumed). A header with a version other than 1 is an error.
+    ///
+    /// The version is checked as soon as the header is complete, without waiting for the
+    /// content, so a peer that does not speak FastCGI is refused at once.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Record>, DecodeError> {
-        todo!("{}", buf.len())
+        let header = match parse_header(buf) {
+            Ok((_, header)) => header,
+            // Only `Incomplete` is possible: every header field accepts any value.
+            Err(_) => return Ok(None),
+        };
+        if header.version != FCGI_VERSION_1 {
+            return Err(DecodeError::UnsupportedVersion(header.version));
+        }
+        if buf.len() < header.record_len() {
+            return Ok(None);
+        }
+        // split_to + freeze hands out a view of the same allocation: no content copy.
+        let mut record = buf.split_to(header.record_len());
+        record.advance(HEADER_LEN);
+        record.truncate(usize::from(header.content_length));
+        Ok(Some(Record {
+            record_type: header.record_type,
+            request_id: header.request_id,
+            content: record.freeze(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_type_round_trips_every_byte() {
+        for v in 0..=u8::MAX {
+            let t = RecordType::from(v);
+            assert_eq!(u8::from(t), v);
+            assert_eq!(matches!(t, RecordType::Other(_)), !(1..=11).contains(&v));
+        }
+    }
+
+    #[test]
+    fn role_and_status_round_trip() {
+        for v in [0u16, 1, 2, 3, 4, 0xffff] {
+            assert_eq!(u16::from(Role::from(v)), v);
+        }
+        assert_eq!(Role::from(1).as_str(), Some("RESPONDER"));
+        assert_eq!(Role::from(2).as_str(), Some("AUTHORIZER"));
+        assert_eq!(Role::from(3).as_str(), Some("FILTER"));
+        assert_eq!(Role::from(9).as_str(), None);
+        for v in 0..=u8::MAX {
+            assert_eq!(u8::from(ProtocolStatus::from(v)), v);
+        }
+        assert_eq!(ProtocolStatus::from(3), ProtocolStatus::UnknownRole);
+    }
+
+    #[test]
+    fn header_parses_and_serialises() {
+        let wire = [1, 5, 0x12, 0x34, 0x01, 0x02, 6, 0];
+        let (rest, h) = parse_header(&wire).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(
+            h,
+            Header {
+                version: 1,
+                record_type: RecordType::Stdin,
+                request_id: 0x1234,
+                content_length: 0x0102,
+                padding_length: 6,
+            }
+        );
+        assert_eq!(h.to_bytes(), wire);
+        assert_eq!(h.record_len(), 8 + 0x0102 + 6);
+        assert!(matches!(
+            parse_header(&wire[..7]),
+            Err(nom::Err::Incomplete(_))
+        ));
+    }
+
+    #[test]
+    fn decoder_waits_for_whole_record_and_strips_padding() {
+        let wire = [1, 6, 0, 1, 0, 3, 5, 0, b'a', b'b', b'c', 0, 0, 0, 0, 0, 1];
+        let mut buf = BytesMut::new();
+        let mut dec = RecordDecoder::new();
+        for (i, b) in wire.iter().enumerate() {
+            buf.extend_from_slice(&[*b]);
+            let got = dec.decode(&mut buf).unwrap();
+            if i < 15 {
+                assert_eq!(got, None, "record reported complete after {} bytes", i + 1);
+                assert_eq!(buf.len(), i + 1, "bytes consumed while incomplete");
+            } else if i == 15 {
+                let rec = got.unwrap();
+                assert_eq!(rec.record_type, RecordType::Stdout);
+                assert_eq!(rec.request_id, 1);
+                assert_eq!(&rec.content[..], b"abc");
+                assert!(buf.is_empty());
+            } else {
+                assert_eq!(got, None);
+            }
+        }
+        assert_eq!(&buf[..], &[1]);
+    }
+
+    #[test]
+    fn decoder_rejects_other_versions_from_the_header_alone() {
+        let mut buf = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
+        assert_eq!(
+            RecordDecoder::new().decode(&mut buf),
+            Err(DecodeError::UnsupportedVersion(b'G'))
+        );
+        let mut buf = BytesMut::from(&[2u8, 1, 0, 1, 0xff, 0xff, 0, 0][..]);
+        assert_eq!(
+            RecordDecoder::new().decode(&mut buf),
+            Err(DecodeError::UnsupportedVersion(2))
+        );
+    }
+
+    #[test]
+    fn decoded_content_shares_the_read_buffer() {
+        let mut buf = BytesMut::with_capacity(64);
+        buf.extend_from_slice(&[1, 5, 0, 1, 0, 4, 4, 0, 1, 2, 3, 4, 0, 0, 0, 0]);
+        let start = buf.as_ptr() as usize;
+        let rec = RecordDecoder::new().decode(&mut buf).unwrap().unwrap();
+        assert_eq!(rec.content.as_ptr() as usize, start + HEADER_LEN);
     }
 }

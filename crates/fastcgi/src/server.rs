@@ -4,9 +4,17 @@
 //! the worker only reacts to [`Event`]s: it decides which roles are accepted and how many
 //! requests may be active at once, and turns refusals into [`Event::Reject`] for the
 //! caller to answer with END_REQUEST.
+//!
+//! Per request it enforces the order the specification gives: BEGIN_REQUEST, then the
+//! PARAMS stream, then STDIN (and DATA for filters). Records for request ids that are not
+//! active are ignored, as the specification asks; records that only an application may
+//! send are protocol errors.
 
-use crate::{DecodeError, Params, ProtocolStatus, Role};
+use crate::body::BeginRequestBody;
+use crate::record::{Record, RecordDecoder, RecordType};
+use crate::{DecodeError, NULL_REQUEST_ID, Params, ProtocolStatus, Role};
 use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
 
 /// Per-connection limits and policy.
 #[derive(Clone, Debug)]
@@ -64,7 +72,8 @@ pub enum Event {
         /// The bytes (never empty except at end of stream).
         data: Bytes,
     },
-    /// The web server aborted an active request.
+    /// The web server aborted an active request. Reported once per request; the caller
+    /// still ends the request with END_REQUEST.
     AbortRequest {
         /// Request id.
         request_id: u16,
@@ -74,14 +83,16 @@ pub enum Event {
         /// Names asked for (values in the query are ignored, per the spec).
         names: Vec<Bytes>,
     },
-    /// A management record of a type this side does not know; answer FCGI_UNKNOWN_TYPE.
+    /// A record of a type this side does not know (on any request id); answer
+    /// FCGI_UNKNOWN_TYPE and carry on.
     UnknownType {
         /// The type byte received.
         record_type: u8,
     },
     /// A BEGIN_REQUEST the policy refused (unknown or disallowed role, or too many active
     /// requests). The caller must send END_REQUEST with `status`; later records for this
-    /// id are ignored until its END_REQUEST is sent via [`ServerConnection::end_request`].
+    /// id (a repeated BEGIN_REQUEST included) are ignored until the caller reports that
+    /// END_REQUEST sent via [`ServerConnection::end_request`].
     Reject {
         /// Request id.
         request_id: u16,
@@ -90,11 +101,41 @@ pub enum Event {
     },
 }
 
+/// Where a request's PARAMS stream is. The first chunk is kept as it arrived (a view of
+/// the read buffer), so the usual single-record PARAMS is never copied.
+#[derive(Debug)]
+enum ParamsState {
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+    Done,
+}
+
+#[derive(Debug)]
+struct Request {
+    params: ParamsState,
+    stdin_ended: bool,
+    data_ended: bool,
+    aborted: bool,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Active(Request),
+    /// Refused with END_REQUEST; its records are ignored until `end_request`.
+    Rejected,
+}
+
 /// Application-side state of one connection.
 #[derive(Debug)]
 pub struct ServerConnection {
     config: ServerConfig,
     buf: BytesMut,
+    decoder: RecordDecoder,
+    requests: HashMap<u16, Slot>,
+    active: usize,
+    /// The first error: the connection is unusable after it, so it is repeated.
+    failed: Option<DecodeError>,
 }
 
 impl ServerConnection {
@@ -103,7 +144,16 @@ impl ServerConnection {
         ServerConnection {
             config,
             buf: BytesMut::with_capacity(16 * 1024),
+            decoder: RecordDecoder::new(),
+            requests: HashMap::new(),
+            active: 0,
+            failed: None,
         }
+    }
+
+    /// The configuration this connection applies.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
     }
 
     /// The read buffer: append bytes received from the socket here (e.g. read into its
@@ -119,25 +169,232 @@ impl ServerConnection {
     }
 
     /// The next event, `Ok(None)` when more bytes are needed. After an error the
-    /// connection is unusable and should be closed.
+    /// connection is unusable and should be closed (further calls repeat the error).
     pub fn poll_event(&mut self) -> Result<Option<Event>, DecodeError> {
-        let _ = &self.config;
-        todo!()
+        if let Some(err) = &self.failed {
+            return Err(err.clone());
+        }
+        let result = self.next_event();
+        if let Err(err) = &result {
+            self.failed = Some(err.clone());
+        }
+        result
+    }
+
+    fn next_event(&mut self) -> Result<Option<Event>, DecodeError> {
+        // Ignored records produce no event, so keep decoding until one does.
+        while let Some(record) = self.decoder.decode(&mut self.buf)? {
+            if let Some(event) = self.handle(record)? {
+                return Ok(Some(event));
+            }
+        }
+        Ok(None)
+    }
+
+    fn handle(&mut self, record: Record) -> Result<Option<Event>, DecodeError> {
+        let Record {
+            record_type,
+            request_id,
+            content,
+        } = record;
+        let unexpected = DecodeError::UnexpectedRecord {
+            record_type,
+            request_id,
+        };
+        match record_type {
+            RecordType::Other(t) => Ok(Some(Event::UnknownType { record_type: t })),
+            RecordType::EndRequest
+            | RecordType::Stdout
+            | RecordType::Stderr
+            | RecordType::GetValuesResult
+            | RecordType::UnknownType => Err(unexpected),
+            RecordType::GetValues => {
+                if request_id != NULL_REQUEST_ID {
+                    return Err(unexpected);
+                }
+                let query = Params::new(content.clone())?;
+                let names = query.iter().map(|(n, _)| content.slice_ref(n)).collect();
+                Ok(Some(Event::GetValues { names }))
+            }
+            RecordType::BeginRequest => self.begin(request_id, &content),
+            RecordType::Params
+            | RecordType::Stdin
+            | RecordType::Data
+            | RecordType::AbortRequest => {
+                let Some(Slot::Active(req)) = self.requests.get_mut(&request_id) else {
+                    // Not active (never begun, ended, or rejected): ignored per the spec.
+                    return Ok(None);
+                };
+                match record_type {
+                    RecordType::Params => {
+                        Self::params(req, request_id, content, self.config.max_params_len)
+                    }
+                    RecordType::Stdin | RecordType::Data => {
+                        Self::input(req, record_type, request_id, content)
+                    }
+                    _ => {
+                        if req.aborted {
+                            return Ok(None);
+                        }
+                        req.aborted = true;
+                        Ok(Some(Event::AbortRequest { request_id }))
+                    }
+                }
+            }
+        }
+    }
+
+    fn begin(&mut self, request_id: u16, content: &[u8]) -> Result<Option<Event>, DecodeError> {
+        if request_id == NULL_REQUEST_ID {
+            return Err(DecodeError::UnexpectedRecord {
+                record_type: RecordType::BeginRequest,
+                request_id,
+            });
+        }
+        match self.requests.get(&request_id) {
+            Some(Slot::Rejected) => return Ok(None),
+            Some(Slot::Active(_)) => return Err(DecodeError::DuplicateRequest(request_id)),
+            None => {}
+        }
+        let body = BeginRequestBody::parse(content)?;
+        let status = if !self.config.roles.contains(&body.role) {
+            Some(ProtocolStatus::UnknownRole)
+        } else if self.active >= self.config.max_active_requests {
+            Some(ProtocolStatus::CantMpxConn)
+        } else {
+            None
+        };
+        if let Some(status) = status {
+            self.requests.insert(request_id, Slot::Rejected);
+            return Ok(Some(Event::Reject { request_id, status }));
+        }
+        self.requests.insert(
+            request_id,
+            Slot::Active(Request {
+                params: ParamsState::Empty,
+                stdin_ended: false,
+                data_ended: false,
+                aborted: false,
+            }),
+        );
+        self.active += 1;
+        Ok(Some(Event::BeginRequest {
+            request_id,
+            role: body.role,
+            keep_conn: body.keep_conn(),
+        }))
+    }
+
+    fn params(
+        req: &mut Request,
+        request_id: u16,
+        content: Bytes,
+        limit: usize,
+    ) -> Result<Option<Event>, DecodeError> {
+        let state = std::mem::replace(&mut req.params, ParamsState::Done);
+        let too_large = DecodeError::ParamsTooLarge { request_id, limit };
+        let (next, event) = match state {
+            ParamsState::Done => {
+                return Err(DecodeError::UnexpectedRecord {
+                    record_type: RecordType::Params,
+                    request_id,
+                });
+            }
+            ParamsState::Empty if content.is_empty() => (ParamsState::Done, Some(Bytes::new())),
+            ParamsState::One(first) if content.is_empty() => (ParamsState::Done, Some(first)),
+            ParamsState::Many(acc) if content.is_empty() => (ParamsState::Done, Some(acc.freeze())),
+            ParamsState::Empty => {
+                if content.len() > limit {
+                    return Err(too_large);
+                }
+                (ParamsState::One(content), None)
+            }
+            ParamsState::One(first) => {
+                if first.len() + content.len() > limit {
+                    return Err(too_large);
+                }
+                // A second chunk: only now is copying unavoidable.
+                let mut acc = BytesMut::with_capacity(first.len() + content.len());
+                acc.extend_from_slice(&first);
+                acc.extend_from_slice(&content);
+                (ParamsState::Many(acc), None)
+            }
+            ParamsState::Many(mut acc) => {
+                if acc.len() + content.len() > limit {
+                    return Err(too_large);
+                }
+                acc.extend_from_slice(&content);
+                (ParamsState::Many(acc), None)
+            }
+        };
+        req.params = next;
+        match event {
+            None => Ok(None),
+            Some(raw) => Ok(Some(Event::Params {
+                request_id,
+                params: Params::new(raw)?,
+            })),
+        }
+    }
+
+    fn input(
+        req: &mut Request,
+        record_type: RecordType,
+        request_id: u16,
+        data: Bytes,
+    ) -> Result<Option<Event>, DecodeError> {
+        let unexpected = DecodeError::UnexpectedRecord {
+            record_type,
+            request_id,
+        };
+        if !matches!(req.params, ParamsState::Done) {
+            return Err(unexpected);
+        }
+        let ended = if record_type == RecordType::Stdin {
+            &mut req.stdin_ended
+        } else {
+            &mut req.data_ended
+        };
+        if *ended {
+            // A repeated end marker is harmless; more data after the end is not.
+            return if data.is_empty() {
+                Ok(None)
+            } else {
+                Err(unexpected)
+            };
+        }
+        if data.is_empty() {
+            *ended = true;
+        }
+        Ok(Some(if record_type == RecordType::Stdin {
+            Event::Stdin { request_id, data }
+        } else {
+            Event::Data { request_id, data }
+        }))
     }
 
     /// Call when the peer closed its end: `Err(TruncatedRecord)` if a partial record is
-    /// pending, `Ok(())` if the connection ended on a record boundary.
+    /// pending, `Ok(())` if the connection ended on a record boundary. Call it after
+    /// [`poll_event`](Self::poll_event) has returned `Ok(None)`: any bytes still buffered
+    /// then are an unfinished record.
     pub fn receive_eof(&mut self) -> Result<(), DecodeError> {
-        todo!()
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::TruncatedRecord(self.buf.len()))
+        }
     }
 
     /// Mark a request finished (its END_REQUEST has been written), freeing its id.
+    /// Also clears a rejected id. Unknown ids are ignored.
     pub fn end_request(&mut self, request_id: u16) {
-        todo!("{request_id}")
+        if let Some(Slot::Active(_)) = self.requests.remove(&request_id) {
+            self.active -= 1;
+        }
     }
 
     /// Number of requests currently active (begun and not ended).
     pub fn active_requests(&self) -> usize {
-        todo!()
+        self.active
     }
 }
