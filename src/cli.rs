@@ -90,8 +90,12 @@ fn test_config(cli: &Cli) -> i32 {
     };
     match pyfpm_config::load(&cli.config, level) {
         Ok(config) => {
+            // Warnings do not fail the test; say so, or they read like errors.
             for w in &config.warnings {
-                eprintln!("{w}");
+                match &w.location {
+                    Some(loc) => eprintln!("{loc}: warning: {}", w.message),
+                    None => eprintln!("warning: {}", w.message),
+                }
             }
             let module = crate::worker_module::locate(
                 cli.worker_module.as_deref(),

@@ -1,1 +1,466 @@
-//! The directive table: every configuration directive, declared once.
+//! The directive table: every configuration directive, declared once with its scope,
+//! value kind, default and documentation.
+//!
+//! The loader takes its set of known keys, its "did you mean" candidates and its
+//! defaults (parsed from [`DefaultValue::Value`] text with the same parsers as the file) from
+//! [`DIRECTIVES`]; `man/pyfpm.yaml.5` embeds [`man_section`], and a test fails when the
+//! two drift apart.
+
+/// Where a directive may appear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The main file's top level.
+    Global,
+    /// Inside a pool.
+    Pool,
+}
+
+/// The syntax a directive's value takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A file or directory path; relative paths are relative to the file's directory.
+    Path,
+    /// Free text.
+    String,
+    /// A user or group name, or a numeric id.
+    Account,
+    /// true/false, yes/no, on/off, 1/0.
+    Bool,
+    /// `500ms`, `10s`, `5m`, `1h`, `1d`; a bare number is seconds.
+    Duration,
+    /// `512`, `64K`, `1M`, `1G`, at least `min` bytes.
+    Size {
+        /// Smallest accepted size in bytes.
+        min: u64,
+    },
+    /// A decimal integer in `min..=max`.
+    Int {
+        /// Smallest accepted value.
+        min: i64,
+        /// Largest accepted value.
+        max: i64,
+    },
+    /// An octal permission mode up to 0777.
+    Mode,
+    /// One of a fixed set of words.
+    Choice(&'static [&'static str]),
+    /// One listen address, or a list of them.
+    Listen,
+    /// One glob, or a list of them.
+    Globs,
+    /// One directory, or a list of them.
+    PathList,
+    /// A mapping of environment variable names to strings.
+    EnvMap,
+    /// A mapping of pool names to pool directives.
+    PoolMap,
+    /// `module:callable`.
+    App,
+    /// A URL path prefix.
+    Mount,
+    /// An interpreter name looked up on PATH, or a path.
+    Interpreter,
+}
+
+impl Kind {
+    /// How the man page and messages name the kind.
+    pub fn syntax(&self) -> String {
+        match self {
+            Kind::Path => "path".into(),
+            Kind::String => "string".into(),
+            Kind::Account => "name or id".into(),
+            Kind::Bool => "boolean".into(),
+            Kind::Duration => "duration".into(),
+            Kind::Size { .. } => "size".into(),
+            Kind::Int { .. } => "integer".into(),
+            Kind::Mode => "octal mode".into(),
+            Kind::Choice(words) => words.join(" | "),
+            Kind::Listen => "address or list of addresses".into(),
+            Kind::Globs => "glob or list of globs".into(),
+            Kind::PathList => "directory or list of directories".into(),
+            Kind::EnvMap => "mapping of NAME: value".into(),
+            Kind::PoolMap => "mapping of pool name: directives".into(),
+            Kind::App => "module:callable".into(),
+            Kind::Mount => "URL path prefix".into(),
+            Kind::Interpreter => "command name or path".into(),
+        }
+    }
+}
+
+/// A directive's default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultValue {
+    /// Must be set.
+    Required,
+    /// Unset by default; the text says what that means.
+    Unset(&'static str),
+    /// This value, written as in the file and parsed like one.
+    Value(&'static str),
+}
+
+/// One directive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Directive {
+    /// The key, exactly as written in the file (keys are case-sensitive).
+    pub name: &'static str,
+    /// Where it may appear.
+    pub scope: Scope,
+    /// Its value's syntax.
+    pub kind: Kind,
+    /// Its default.
+    pub default: DefaultValue,
+    /// One paragraph for the man page.
+    pub doc: &'static str,
+}
+
+const LOG_LEVELS: &[&str] = &["alert", "error", "warning", "notice", "debug"];
+const PM_MODES: &[&str] = &["static"];
+
+/// Every directive, global ones first, each group in the order the man page lists them.
+pub const DIRECTIVES: &[Directive] = &[
+    Directive {
+        name: "include",
+        scope: Scope::Global,
+        kind: Kind::Globs,
+        default: DefaultValue::Value("pools.d/*.yaml"),
+        doc: "Pool files to read, relative to the main file's directory. Each glob's \
+              matches are read in name order; directories are skipped. A glob whose \
+              directory does not exist is an error, one that matches nothing is a warning. \
+              Set it to an empty list to read no pool files.",
+    },
+    Directive {
+        name: "pools",
+        scope: Scope::Global,
+        kind: Kind::PoolMap,
+        default: DefaultValue::Unset("none"),
+        doc: "Pools defined in the main file itself, in the same form as a pool file: \
+              each key is a pool name, each value the pool's directives.",
+    },
+    Directive {
+        name: "pid",
+        scope: Scope::Global,
+        kind: Kind::Path,
+        default: DefaultValue::Unset("no pid file"),
+        doc: "Write the manager's process id to this file, and remove it on exit. \
+              The -g option overrides it.",
+    },
+    Directive {
+        name: "error_log",
+        scope: Scope::Global,
+        kind: Kind::Path,
+        default: DefaultValue::Unset("standard error"),
+        doc: "Where the manager and the workers log. Without it, logs go to standard \
+              error (the journal under systemd).",
+    },
+    Directive {
+        name: "log_level",
+        scope: Scope::Global,
+        kind: Kind::Choice(LOG_LEVELS),
+        default: DefaultValue::Value("notice"),
+        doc: "The least severe messages logged, as in PHP-FPM; warn is accepted for \
+              warning.",
+    },
+    Directive {
+        name: "daemonize",
+        scope: Scope::Global,
+        kind: Kind::Bool,
+        default: DefaultValue::Value("true"),
+        doc: "Run in the background after start-up. -F (foreground) and -D override it; \
+              under systemd or in a container set it to false or use -F.",
+    },
+    Directive {
+        name: "process_control_timeout",
+        scope: Scope::Global,
+        kind: Kind::Duration,
+        default: DefaultValue::Value("30s"),
+        doc: "On a graceful stop (SIGQUIT), how long workers may take to finish the \
+              requests they are serving before they are killed.",
+    },
+    Directive {
+        name: "worker_module",
+        scope: Scope::Global,
+        kind: Kind::Path,
+        default: DefaultValue::Unset("the module built with pyfpm, beside the executable"),
+        doc: "The pyfpm worker extension module every pool's interpreter loads. \
+              --worker-module and PYFPM_WORKER_MODULE override it. It must come from the \
+              same build as the pyfpm executable.",
+    },
+    Directive {
+        name: "listen",
+        scope: Scope::Pool,
+        kind: Kind::Listen,
+        default: DefaultValue::Required,
+        doc: "Where the pool accepts FastCGI connections; one address or a list. \
+              /path/to.sock or unix:/path/to.sock is a Unix socket (a relative path is \
+              relative to the file's directory); ip:port or [ipv6]:port is TCP; a bare \
+              port listens on every IPv4 and IPv6 address. Host names are not accepted. \
+              No two pools may share an address.",
+    },
+    Directive {
+        name: "listen.owner",
+        scope: Scope::Pool,
+        kind: Kind::Account,
+        default: DefaultValue::Unset("the user pyfpm runs as"),
+        doc: "Owner of the pool's Unix sockets. The web server must be able to write \
+              to them (see listen.group and listen.mode).",
+    },
+    Directive {
+        name: "listen.group",
+        scope: Scope::Pool,
+        kind: Kind::Account,
+        default: DefaultValue::Unset("the group pyfpm runs as"),
+        doc: "Group of the pool's Unix sockets; typically the web server's group \
+              (www-data on Debian).",
+    },
+    Directive {
+        name: "listen.mode",
+        scope: Scope::Pool,
+        kind: Kind::Mode,
+        default: DefaultValue::Value("0660"),
+        doc: "Permissions of the pool's Unix sockets, in octal (quoting is optional).",
+    },
+    Directive {
+        name: "listen.backlog",
+        scope: Scope::Pool,
+        kind: Kind::Int { min: 1, max: 65535 },
+        default: DefaultValue::Value("511"),
+        doc: "Length of the queue of connections waiting for a worker (listen(2)); the \
+              kernel caps it at net.core.somaxconn.",
+    },
+    Directive {
+        name: "user",
+        scope: Scope::Pool,
+        kind: Kind::Account,
+        default: DefaultValue::Unset("the user pyfpm runs as"),
+        doc: "User the workers run as. Used only when pyfpm runs as root.",
+    },
+    Directive {
+        name: "group",
+        scope: Scope::Pool,
+        kind: Kind::Account,
+        default: DefaultValue::Unset("the user's primary group"),
+        doc: "Group the workers run as. Used only when pyfpm runs as root.",
+    },
+    Directive {
+        name: "pm",
+        scope: Scope::Pool,
+        kind: Kind::Choice(PM_MODES),
+        default: DefaultValue::Value("static"),
+        doc: "How the number of workers is managed. Only static (exactly \
+              pm.max_children workers at all times) is supported in this version; \
+              dynamic and ondemand are refused.",
+    },
+    Directive {
+        name: "pm.max_children",
+        scope: Scope::Pool,
+        kind: Kind::Int {
+            min: 1,
+            max: 100_000,
+        },
+        default: DefaultValue::Required,
+        doc: "Number of workers. Each serves one request at a time, so this is also \
+              the number of requests the pool serves at once.",
+    },
+    Directive {
+        name: "app",
+        scope: Scope::Pool,
+        kind: Kind::App,
+        default: DefaultValue::Required,
+        doc: "The WSGI application: a module to import and the callable in it, such as \
+              myproject.wsgi:application (the callable may be a dotted attribute path). \
+              pyfpm -tt imports it to check.",
+    },
+    Directive {
+        name: "python",
+        scope: Scope::Pool,
+        kind: Kind::Interpreter,
+        default: DefaultValue::Value("python3"),
+        doc: "The interpreter the workers run: a command name looked up on PATH, or a \
+              path. It must be CPython 3.9 or newer and not a free-threaded build.",
+    },
+    Directive {
+        name: "virtualenv",
+        scope: Scope::Pool,
+        kind: Kind::Path,
+        default: DefaultValue::Unset("none"),
+        doc: "A virtual environment to run the workers in: its bin/python is the \
+              interpreter, its bin/ comes first on PATH and VIRTUAL_ENV is set. Setting \
+              python as well is an error unless it names an interpreter in that bin/.",
+    },
+    Directive {
+        name: "python_path",
+        scope: Scope::Pool,
+        kind: Kind::PathList,
+        default: DefaultValue::Unset("none"),
+        doc: "Directories put first on sys.path before the app is imported (the \
+              directory holding your project, typically). Each must exist.",
+    },
+    Directive {
+        name: "mount",
+        scope: Scope::Pool,
+        kind: Kind::Mount,
+        default: DefaultValue::Value("/"),
+        doc: "URL prefix the app is served under, such as /app. Requests below it get \
+              SCRIPT_NAME set to the prefix and PATH_INFO to the rest; with the default \
+              the app sees SCRIPT_NAME empty. A trailing slash is ignored.",
+    },
+    Directive {
+        name: "chdir",
+        scope: Scope::Pool,
+        kind: Kind::Path,
+        default: DefaultValue::Unset("the directory pyfpm was started in"),
+        doc: "Working directory of the workers. It must exist.",
+    },
+    Directive {
+        name: "clear_env",
+        scope: Scope::Pool,
+        kind: Kind::Bool,
+        default: DefaultValue::Value("true"),
+        doc: "Start the workers with an empty environment plus env, as PHP-FPM does, so \
+              the manager's variables do not leak into apps. Set it to false to pass the \
+              manager's environment through.",
+    },
+    Directive {
+        name: "env",
+        scope: Scope::Pool,
+        kind: Kind::EnvMap,
+        default: DefaultValue::Unset("none"),
+        doc: "Environment variables for the workers, such as DJANGO_SETTINGS_MODULE. \
+              Values are taken as text (yes stays yes); use ${VAR} to copy one from \
+              pyfpm's environment.",
+    },
+    Directive {
+        name: "request_params_max",
+        scope: Scope::Pool,
+        kind: Kind::Size { min: 1024 },
+        default: DefaultValue::Value("1M"),
+        doc: "Largest total size of a request's FastCGI parameters (the CGI variables \
+              and HTTP headers) a worker accepts; a larger request is refused. At least \
+              1K.",
+    },
+];
+
+/// The directive called `name` in `scope`.
+pub fn lookup(scope: Scope, name: &str) -> Option<&'static Directive> {
+    DIRECTIVES
+        .iter()
+        .find(|d| d.scope == scope && d.name == name)
+}
+
+/// The directive `name` in any scope (for "that belongs in the other place" hints).
+pub fn lookup_any(name: &str) -> Option<&'static Directive> {
+    DIRECTIVES.iter().find(|d| d.name == name)
+}
+
+/// The directive of `scope` closest to a misspelt `name`, when one is close enough to
+/// be a likely typo.
+pub fn suggest(scope: Scope, name: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase().replace('-', "_");
+    DIRECTIVES
+        .iter()
+        .filter(|d| d.scope == scope)
+        .map(|d| (d.name, strsim::damerau_levenshtein(&lower, d.name)))
+        .filter(|&(candidate, dist)| dist <= (candidate.len() / 4).max(1))
+        .min_by_key(|&(_, dist)| dist)
+        .map(|(candidate, _)| candidate)
+}
+
+/// The man page text (roff) listing every directive, embedded in `man/pyfpm.yaml.5`
+/// between the `GENERATED DIRECTIVES` markers.
+pub fn man_section() -> String {
+    let mut out = String::new();
+    for (scope, title) in [
+        (Scope::Global, "GLOBAL DIRECTIVES"),
+        (Scope::Pool, "POOL DIRECTIVES"),
+    ] {
+        out.push_str(&format!(".SH {title}\n"));
+        for d in DIRECTIVES.iter().filter(|d| d.scope == scope) {
+            let default = match d.default {
+                DefaultValue::Required => "required".to_owned(),
+                DefaultValue::Unset(text) => format!("default: {text}"),
+                DefaultValue::Value(v) => format!("default: {v}"),
+            };
+            out.push_str(".TP\n");
+            out.push_str(&format!(
+                ".BR {} \" ({}; {})\"\n",
+                roff(d.name),
+                roff(&d.kind.syntax()),
+                roff(&default)
+            ));
+            out.push_str(&roff(d.doc));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Escape text for roff: backslashes, and a leading `.` or `'` that would be read as a
+/// request.
+fn roff(text: &str) -> String {
+    let escaped = text.replace('\\', "\\e").replace('"', "\\(dq");
+    if escaped.starts_with('.') || escaped.starts_with('\'') {
+        format!("\\&{escaped}")
+    } else {
+        escaped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn each_directive_is_declared_once() {
+        for (i, d) in DIRECTIVES.iter().enumerate() {
+            assert!(
+                DIRECTIVES[i + 1..].iter().all(|o| o.name != d.name),
+                "{} declared twice",
+                d.name
+            );
+            assert!(!d.doc.is_empty(), "{} has no doc", d.name);
+        }
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(
+            suggest(Scope::Pool, "pm.max_chidren"),
+            Some("pm.max_children")
+        );
+        assert_eq!(
+            suggest(Scope::Pool, "pm.maxchildren"),
+            Some("pm.max_children")
+        );
+        assert_eq!(suggest(Scope::Pool, "Listen"), Some("listen"));
+        assert_eq!(suggest(Scope::Pool, "clear-env"), Some("clear_env"));
+        assert_eq!(suggest(Scope::Global, "error-log"), Some("error_log"));
+        assert_eq!(suggest(Scope::Pool, "lisen"), Some("listen"));
+        assert_eq!(suggest(Scope::Pool, "frobnicate"), None);
+        assert_eq!(suggest(Scope::Pool, "pm.start_servers"), None);
+    }
+
+    /// `man/pyfpm.yaml.5` must embed [`man_section`]'s current output. Run with
+    /// `PYFPM_BLESS=1` to rewrite the generated part of the page.
+    #[test]
+    fn man_page_lists_every_directive() {
+        const BEGIN: &str = ".\\\" BEGIN GENERATED DIRECTIVES\n";
+        const END: &str = ".\\\" END GENERATED DIRECTIVES\n";
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../man/pyfpm.yaml.5");
+        let page = std::fs::read_to_string(&path).expect("man/pyfpm.yaml.5 is readable");
+        let start = page.find(BEGIN).expect("BEGIN marker in the man page") + BEGIN.len();
+        let end = page.find(END).expect("END marker in the man page");
+        let expected = man_section();
+        if page[start..end] != expected {
+            if std::env::var_os("PYFPM_BLESS").is_some_and(|v| v == "1") {
+                let new = format!("{}{expected}{}", &page[..start], &page[end..]);
+                std::fs::write(&path, new).expect("man page is writable");
+                return;
+            }
+            panic!(
+                "man/pyfpm.yaml.5 is out of date with crates/config/src/directives.rs; \
+                 regenerate it with: PYFPM_BLESS=1 cargo test -p pyfpm-config man_page"
+            );
+        }
+    }
+}

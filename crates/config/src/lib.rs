@@ -3,19 +3,27 @@
 //! A main YAML file (global directives plus an `include` glob, default `pools.d/*.yaml`
 //! relative to the main file) and any number of pool files, each holding one or more
 //! pools. Every directive is declared once, with its type, default and documentation, in
-//! [`directives::DIRECTIVES`]; the loader, the man page and the example pool come from
-//! that table.
+//! [`directives::DIRECTIVES`]; the loader's known keys, suggestions and defaults and the
+//! man page's directive list come from that table, and tests check that the bundled
+//! `pools.d/www.yaml` and `contrib/pyfpm.yaml` mention every directive they should.
 //!
 //! Loading never stops at the first problem: [`load`] returns every [`Diagnostic`] it
 //! found, each with `file:line:column`, so `pyfpm --test-config` can report them all.
 //!
 //! Module map:
-//! - [`directives`]: the directive table (name, scope, type, default, doc).
-//! - `yaml`: reading YAML files into a tree that keeps each node's position.
-//! - `values`: parsers for durations, sizes, modes, listen addresses, `${ENV}`.
-//! - `validate`: cross-field and cross-pool checks, interpreter checks.
+//! - [`directives`]: the directive table (name, scope, type, default, doc) and the man
+//!   page section generated from it.
+//! - [`yaml`]: reading YAML files into a tree that keeps each node's position and raw
+//!   text (why not serde: see there).
+//! - [`values`]: parsers for durations, sizes, modes, listen addresses, `${ENV}`.
+//! - `load`: the loader: main file, includes, pools, cross-pool checks.
+//! - [`python`]: running a pool's interpreter to check its version and import its app.
 
 pub mod directives;
+mod load;
+pub mod python;
+pub mod values;
+pub mod yaml;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,15 +34,20 @@ use std::path::PathBuf;
 pub struct Location {
     /// The file.
     pub file: PathBuf,
-    /// 1-based line.
+    /// 1-based line; 0 when the diagnostic concerns the whole file (then only the
+    /// file is displayed).
     pub line: usize,
-    /// 1-based column.
+    /// 1-based column (in characters); 0 with `line` 0.
     pub column: usize,
 }
 
 impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+        if self.line == 0 {
+            write!(f, "{}", self.file.display())
+        } else {
+            write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+        }
     }
 }
 
@@ -195,7 +208,19 @@ pub struct Config {
 
 /// Load and validate the configuration rooted at `main_file`, reporting every problem.
 /// Has no side effects: creates no files, sockets or directories.
+/// Runs each distinct pool interpreter once (`-E -s -S`, 10 s deadline) and, with
+/// [`CheckLevel::ImportApps`], one throwaway interpreter per pool; `${VAR}` and the PATH
+/// used to find `python3` come from this process's environment.
 pub fn load(main_file: &std::path::Path, level: CheckLevel) -> Result<Config, ConfigErrors> {
-    let _ = (main_file, level);
-    todo!()
+    load::load_with(main_file, level, &|name| std::env::var(name).ok())
+}
+
+/// [`load`] with another environment for `${VAR}` interpolation and the PATH search
+/// (tests, and callers that validate a config for another environment).
+pub fn load_with_env(
+    main_file: &std::path::Path,
+    level: CheckLevel,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    load::load_with(main_file, level, env)
 }
