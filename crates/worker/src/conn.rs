@@ -1,0 +1,716 @@
+//! One accepted FastCGI connection: the socket, the codec state, the request being
+//! served and its response state.
+//!
+//! A [`Conn`] is shared (as [`Shared`]) between the connection driver and the Python
+//! objects of the current request (`wsgi.input`, `wsgi.errors`, `start_response`,
+//! `write`), because `wsgi.input` pulls FCGI_STDIN from the socket while the app runs.
+//! Locking rule that keeps this deadlock-free: **the mutex is never held while calling
+//! into Python or attaching to it**, and Python-facing code takes it only inside
+//! `py.detach` (so a thread waiting for it never holds the GIL).
+//!
+//! Everything here is plain Rust: blocking socket I/O (the caller releases the GIL),
+//! codec events, and the encoding of STDOUT/STDERR/END_REQUEST records.
+
+use crate::log::Level;
+use bytes::{Bytes, BytesMut};
+use fastcgi::{
+    self as fcgi, DecodeError, Event, Params, ProtocolStatus, RecordType, Role, ServerConfig,
+    ServerConnection,
+};
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A connection shared between the driver and the request's Python objects.
+pub type Shared = Arc<Mutex<Conn>>;
+
+/// Lock a shared connection. A panic while it was locked cannot leave it in a state
+/// worse than "broken", which every operation already handles, so poisoning is ignored.
+pub fn lock(shared: &Shared) -> MutexGuard<'_, Conn> {
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Bytes read from the socket per `recv` call at most.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Response data is encoded and written in slices of this size, so a huge body chunk
+/// from the app does not double its memory in the output buffer.
+const WRITE_SLICE: usize = 256 * 1024;
+
+/// FCGI_STDERR text is sent once this much is buffered (or on flush / request end), so
+/// a traceback printed line by line reaches the web server's log as one entry.
+const STDERR_FLUSH_AT: usize = 8 * 1024;
+
+/// Sent by [`Conn::abort_response`] before it closes the connection: a record header
+/// with version 0. Ending the connection inside a record is not enough: nginx 1.22
+/// without `fastcgi_keep_conn` takes any end of file as the end of the response (checked
+/// by tests/nginx.rs). A header no FastCGI client accepts makes it fail the response
+/// ("upstream sent unsupported FastCGI protocol version: 0") instead of completing it.
+const ABORT_MARKER: [u8; fcgi::HEADER_LEN] = [0; fcgi::HEADER_LEN];
+
+/// A connected stream socket (TCP or Unix), blocking.
+#[derive(Debug)]
+pub struct Socket {
+    fd: OwnedFd,
+}
+
+impl Socket {
+    /// Take ownership of an accepted connection.
+    pub fn new(fd: OwnedFd) -> Self {
+        Socket { fd }
+    }
+
+    /// Read once into the spare capacity of `buf`; `Ok(0)` is end of file.
+    fn recv_into(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        buf.reserve(READ_CHUNK);
+        let spare = buf.spare_capacity_mut();
+        let len = spare.len().min(READ_CHUNK);
+        loop {
+            // SAFETY: `spare` is writable memory of at least `len` bytes owned by `buf`;
+            // recv writes at most `len` bytes into it.
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), spare.as_mut_ptr().cast(), len, 0) };
+            if n >= 0 {
+                let n = n as usize;
+                // SAFETY: recv initialised the first `n` bytes of the spare capacity.
+                unsafe { buf.set_len(buf.len() + n) };
+                return Ok(n);
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+
+    /// Write all of `data`. MSG_NOSIGNAL: a peer that went away is an EPIPE error here,
+    /// never a SIGPIPE that would kill the worker.
+    fn send_all(&self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            // SAFETY: `data` is a valid readable slice.
+            let n = unsafe {
+                libc::send(
+                    self.fd.as_raw_fd(),
+                    data.as_ptr().cast(),
+                    data.len(),
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            data = &data[n as usize..];
+        }
+        Ok(())
+    }
+}
+
+/// Why a connection cannot be used any more.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ConnError {
+    /// A socket call failed.
+    #[error("{op} failed: {source}")]
+    Io {
+        /// `reading from` / `writing to` the web server.
+        op: &'static str,
+        /// The OS error.
+        source: Arc<io::Error>,
+    },
+    /// The peer broke the FastCGI protocol.
+    #[error("bad FastCGI data: {0}")]
+    Decode(#[from] DecodeError),
+    /// End of file while a request was still being received.
+    #[error("the web server closed the connection in the middle of a request")]
+    ClosedMidRequest,
+    /// The driver already closed the socket.
+    #[error("the connection is closed")]
+    Closed,
+}
+
+impl ConnError {
+    fn io(op: &'static str, source: io::Error) -> Self {
+        ConnError::Io {
+            op,
+            source: Arc::new(source),
+        }
+    }
+
+    /// True when the web server (or its client) simply went away: a closed or reset
+    /// connection. Those are routine (a browser closed a tab) and logged at info level;
+    /// everything else is a warning.
+    pub fn is_peer_gone(&self) -> bool {
+        match self {
+            ConnError::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+            ),
+            ConnError::ClosedMidRequest | ConnError::Closed => true,
+            ConnError::Decode(_) => false,
+        }
+    }
+
+    /// The level to log this failure at.
+    pub fn level(&self) -> Level {
+        if self.is_peer_gone() {
+            Level::Info
+        } else {
+            Level::Warning
+        }
+    }
+}
+
+/// Why an operation of a request's Python object failed.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum OpError {
+    /// The object belongs to a request that is already finished.
+    #[error("this object belongs to a request that has already finished")]
+    Finished,
+    /// Body bytes before `start_response` was called.
+    #[error("the app sent body data before calling start_response()")]
+    NotStarted,
+    /// The web server sent FCGI_ABORT_REQUEST for this request.
+    #[error("the web server aborted the request")]
+    Aborted,
+    /// The connection failed.
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+}
+
+/// Response state of the current request.
+#[derive(Debug, Default)]
+pub struct Response {
+    /// The header block from the last `start_response`, until it is sent.
+    pending_headers: Option<Vec<u8>>,
+    /// `start_response` has been called at least once.
+    pub started: bool,
+    /// The header block is on the wire: the status can no longer change.
+    pub headers_sent: bool,
+    /// The status code of the last `start_response` (for log lines).
+    pub status: u16,
+    /// A HEAD request: headers are sent, body bytes are not.
+    pub head: bool,
+}
+
+/// The request currently received or served on a connection (one at a time).
+#[derive(Debug)]
+pub struct Request {
+    /// FastCGI request id.
+    pub id: u16,
+    /// The role from BEGIN_REQUEST.
+    pub role: Role,
+    /// FCGI_KEEP_CONN: serve more requests on this connection afterwards.
+    pub keep_conn: bool,
+    /// The params, once the FCGI_PARAMS stream is complete.
+    pub params: Option<Params>,
+    /// Received FCGI_STDIN chunks the app has not read yet.
+    stdin: VecDeque<Bytes>,
+    /// The empty STDIN record (end of stream) arrived.
+    stdin_done: bool,
+    /// How many more body bytes the app may read (CONTENT_LENGTH), `None` = to the end.
+    input_remaining: Option<u64>,
+    /// FCGI_ABORT_REQUEST arrived.
+    pub aborted: bool,
+    /// Response state.
+    pub response: Response,
+    /// wsgi.errors text not yet sent as FCGI_STDERR.
+    stderr_buf: Vec<u8>,
+    /// Some FCGI_STDERR was sent (so the stream must be closed at the end).
+    stderr_used: bool,
+}
+
+impl Request {
+    fn new(id: u16, role: Role, keep_conn: bool) -> Self {
+        Request {
+            id,
+            role,
+            keep_conn,
+            params: None,
+            stdin: VecDeque::new(),
+            // Web servers send an authorizer no FCGI_STDIN at all (the request body
+            // belongs to the responder; mod_authnz_fcgi does not even send the empty
+            // record), so waiting for its end would hang.
+            stdin_done: role == Role::Authorizer,
+            input_remaining: None,
+            aborted: false,
+            response: Response::default(),
+            stderr_buf: Vec::new(),
+            stderr_used: false,
+        }
+    }
+}
+
+/// What a FastCGI management query may learn about this worker.
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    /// FCGI_MAX_CONNS and FCGI_MAX_REQS.
+    pub max_conns: u32,
+}
+
+/// One accepted connection.
+#[derive(Debug)]
+pub struct Conn {
+    /// The socket; `None` once closed (Python objects may outlive the connection, and
+    /// must not keep the socket open).
+    sock: Option<Socket>,
+    /// The peer, for log lines (`127.0.0.1:41234`, or `unix:/run/www.sock`).
+    pub peer: String,
+    /// Codec state machine.
+    codec: ServerConnection,
+    /// Encoded records waiting to be written.
+    out: BytesMut,
+    /// Answers for GET_VALUES.
+    capacity: Capacity,
+    /// The request being received or served.
+    pub req: Option<Request>,
+    /// Increments whenever a request ends; Python objects remember the value of their
+    /// request and become inert once it changes.
+    seq: u64,
+    /// The first fatal failure; once set every socket operation fails with it.
+    failure: Option<ConnError>,
+}
+
+impl Conn {
+    /// Wrap an accepted socket.
+    pub fn new(sock: Socket, peer: String, config: ServerConfig, capacity: Capacity) -> Self {
+        Conn {
+            sock: Some(sock),
+            peer,
+            codec: ServerConnection::new(config),
+            out: BytesMut::with_capacity(16 * 1024),
+            capacity,
+            req: None,
+            seq: 0,
+            failure: None,
+        }
+    }
+
+    /// The socket's fd, for poll(2); `None` once closed.
+    pub fn raw_fd(&self) -> Option<RawFd> {
+        self.sock.as_ref().map(|s| s.fd.as_raw_fd())
+    }
+
+    /// The current request sequence number (see the `seq` field).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The first fatal failure, if any.
+    pub fn failure(&self) -> Option<&ConnError> {
+        self.failure.as_ref()
+    }
+
+    /// Record `err` as the connection's failure (the first one wins) and return it.
+    fn fail(&mut self, err: ConnError) -> ConnError {
+        self.failure.get_or_insert(err).clone()
+    }
+
+    /// Close the socket now. Later operations fail with [`ConnError::Closed`].
+    pub fn close(&mut self) {
+        self.sock = None;
+        self.failure.get_or_insert(ConnError::Closed);
+        self.seq += 1;
+        self.req = None;
+    }
+
+    /// True when the read buffer holds bytes not yet turned into events.
+    pub fn has_buffered_input(&mut self) -> bool {
+        !self.codec.read_buf().is_empty()
+    }
+
+    /// A request whose params are complete is waiting to be served.
+    pub fn request_ready(&self) -> bool {
+        self.req.as_ref().is_some_and(|r| r.params.is_some())
+    }
+
+    /// Read once from the socket (blocking) and handle every complete event.
+    /// `Ok(false)`: the peer closed the connection on a record boundary with no request
+    /// in progress.
+    pub fn fill(&mut self) -> Result<bool, ConnError> {
+        if let Some(err) = &self.failure {
+            return Err(err.clone());
+        }
+        let sock = self.sock.as_ref().ok_or(ConnError::Closed)?;
+        let n = match sock.recv_into(self.codec.read_buf()) {
+            Ok(n) => n,
+            Err(e) => return Err(self.fail(ConnError::io("reading from the web server", e))),
+        };
+        if n == 0 {
+            if let Err(e) = self.codec.receive_eof() {
+                return Err(self.fail(e.into()));
+            }
+            if self.req.is_some() {
+                return Err(self.fail(ConnError::ClosedMidRequest));
+            }
+            return Ok(false);
+        }
+        self.process_events()?;
+        Ok(true)
+    }
+
+    /// Handle every event the buffered bytes hold, then write any management answers.
+    pub fn process_events(&mut self) -> Result<(), ConnError> {
+        loop {
+            match self.codec.poll_event() {
+                Ok(Some(event)) => self.handle_event(event),
+                Ok(None) => break,
+                Err(e) => {
+                    // Answers already encoded (GET_VALUES...) are still worth sending.
+                    let _ = self.flush();
+                    return Err(self.fail(e.into()));
+                }
+            }
+        }
+        self.flush()
+    }
+
+    fn handle_event(&mut self, event: Event) {
+        match event {
+            Event::GetValues { names } => {
+                let max = self.capacity.max_conns.to_string();
+                let mut pairs: Vec<(&[u8], &[u8])> = Vec::new();
+                for name in &names {
+                    let value: &[u8] = match name.as_ref() {
+                        n if n == fcgi::values::FCGI_MAX_CONNS => max.as_bytes(),
+                        n if n == fcgi::values::FCGI_MAX_REQS => max.as_bytes(),
+                        n if n == fcgi::values::FCGI_MPXS_CONNS => b"0",
+                        _ => continue,
+                    };
+                    pairs.push((name.as_ref(), value));
+                }
+                fcgi::encode_get_values_result(&mut self.out, pairs);
+            }
+            Event::UnknownType { record_type } => {
+                fcgi::encode_unknown_type(&mut self.out, record_type);
+            }
+            Event::Reject { request_id, status } => {
+                fcgi::encode_end_request(&mut self.out, request_id, 0, status);
+                self.codec.end_request(request_id);
+            }
+            Event::BeginRequest {
+                request_id,
+                role,
+                keep_conn,
+            } => {
+                // With max_active_requests = 1 the codec rejects a second BEGIN_REQUEST
+                // itself, so a request in progress here cannot happen; ignoring the new
+                // one keeps the current request intact if it ever did.
+                if self.req.is_none() {
+                    self.req = Some(Request::new(request_id, role, keep_conn));
+                }
+            }
+            Event::Params { request_id, params } => {
+                if let Some(req) = self.req.as_mut().filter(|r| r.id == request_id) {
+                    req.params.get_or_insert(params);
+                }
+            }
+            Event::Stdin { request_id, data } => {
+                if let Some(req) = self.req.as_mut().filter(|r| r.id == request_id) {
+                    if data.is_empty() {
+                        req.stdin_done = true;
+                    } else if !req.stdin_done {
+                        req.stdin.push_back(data);
+                    }
+                }
+            }
+            // FCGI_DATA belongs to the filter role, which is not served yet: dropped.
+            Event::Data { .. } => {}
+            Event::AbortRequest { request_id } => {
+                if let Some(req) = self.req.as_mut().filter(|r| r.id == request_id) {
+                    req.aborted = true;
+                    req.stdin_done = true;
+                    req.stdin.clear();
+                }
+            }
+        }
+    }
+
+    /// Write the output buffer.
+    fn flush(&mut self) -> Result<(), ConnError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        if let Some(err) = &self.failure {
+            self.out.clear();
+            return Err(err.clone());
+        }
+        let Some(sock) = self.sock.as_ref() else {
+            self.out.clear();
+            return Err(ConnError::Closed);
+        };
+        let result = sock.send_all(&self.out);
+        self.out.clear();
+        result.map_err(|e| self.fail(ConnError::io("writing to the web server", e)))
+    }
+
+    fn current(&mut self, seq: u64) -> Result<&mut Request, OpError> {
+        if seq != self.seq {
+            return Err(OpError::Finished);
+        }
+        self.req.as_mut().ok_or(OpError::Finished)
+    }
+
+    /// The app is about to be called: set the body limit and the HEAD flag.
+    pub fn start_app(&mut self, content_length: Option<u64>, head: bool) {
+        if let Some(req) = self.req.as_mut() {
+            req.input_remaining = content_length;
+            req.response.head = head;
+        }
+    }
+
+    /// Read request body bytes for `wsgi.input`: up to `max` bytes (`None` = all), and
+    /// with `line` stop after the first `\n`. Blocks (the caller released the GIL) until
+    /// that much arrived or the body ended; never past the end of FCGI_STDIN or past
+    /// CONTENT_LENGTH. An empty result means end of body.
+    pub fn read_input(
+        &mut self,
+        seq: u64,
+        max: Option<usize>,
+        line: bool,
+    ) -> Result<Vec<u8>, OpError> {
+        let mut out = Vec::new();
+        loop {
+            let req = self.current(seq)?;
+            // `input_remaining` already accounts for what earlier rounds took; `max` is
+            // for this call as a whole.
+            let mut want = max.map_or(u64::MAX, |m| m.saturating_sub(out.len()) as u64);
+            if let Some(remaining) = req.input_remaining {
+                want = want.min(remaining);
+            }
+            let (taken, found_newline) = take_from_queue(&mut req.stdin, &mut out, want, line);
+            if let Some(remaining) = req.input_remaining.as_mut() {
+                *remaining -= taken;
+            }
+            let limit_reached =
+                req.input_remaining == Some(0) || max.is_some_and(|m| out.len() >= m);
+            if found_newline || limit_reached || (req.stdin.is_empty() && req.stdin_done) {
+                return Ok(out);
+            }
+            if req.stdin.is_empty() && !self.fill()? {
+                // EOF with no request is impossible here (`current` found one); `fill`
+                // reports EOF mid-request as an error.
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Record the header block of a `start_response` call (replacing an unsent one).
+    pub fn set_headers(&mut self, seq: u64, block: Vec<u8>, status: u16) -> Result<(), OpError> {
+        let req = self.current(seq)?;
+        req.response.pending_headers = Some(block);
+        req.response.started = true;
+        req.response.status = status;
+        Ok(())
+    }
+
+    /// `(started, headers_sent)` of the request `seq`.
+    pub fn response_state(&mut self, seq: u64) -> Result<(bool, bool), OpError> {
+        let req = self.current(seq)?;
+        Ok((req.response.started, req.response.headers_sent))
+    }
+
+    /// Send one body chunk; the headers go first, in the same record when they fit, if
+    /// they are not out yet. An empty chunk sends nothing: the headers wait for real
+    /// data. With `flush_now` false the bytes may stay buffered until the next flush
+    /// (the caller knows more output, or END_REQUEST, follows at once).
+    pub fn send_body(&mut self, seq: u64, data: &[u8], flush_now: bool) -> Result<(), OpError> {
+        let req = self.current(seq)?;
+        if req.aborted {
+            return Err(OpError::Aborted);
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        if !req.response.headers_sent && !req.response.started {
+            return Err(OpError::NotStarted);
+        }
+        let id = req.id;
+        let body: &[u8] = if req.response.head { &[] } else { data };
+        let mut rest = body;
+        if !req.response.headers_sent {
+            req.response.headers_sent = true;
+            let mut block = req.response.pending_headers.take().unwrap_or_default();
+            let first = body
+                .len()
+                .min(fcgi::MAX_CONTENT_LEN.saturating_sub(block.len()));
+            block.extend_from_slice(&body[..first]);
+            fcgi::encode_stream(&mut self.out, RecordType::Stdout, id, &block);
+            rest = &body[first..];
+        }
+        for slice in rest.chunks(WRITE_SLICE) {
+            if self.out.len() >= WRITE_SLICE {
+                self.flush()?;
+            }
+            fcgi::encode_stream(&mut self.out, RecordType::Stdout, id, slice);
+        }
+        if flush_now {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Send the headers if they are not out yet (the app's body was empty).
+    pub fn send_headers_if_pending(&mut self, seq: u64) -> Result<(), OpError> {
+        let req = self.current(seq)?;
+        if req.response.headers_sent || req.aborted {
+            return Ok(());
+        }
+        let Some(block) = req.response.pending_headers.take() else {
+            return Err(OpError::NotStarted);
+        };
+        req.response.headers_sent = true;
+        let id = req.id;
+        fcgi::encode_stream(&mut self.out, RecordType::Stdout, id, &block);
+        self.flush().map_err(OpError::from)
+    }
+
+    /// Replace an unsent response with a plain 500. `false` if headers were already sent
+    /// (the caller must then abandon the connection instead).
+    pub fn send_internal_error(&mut self, seq: u64) -> Result<bool, OpError> {
+        let req = self.current(seq)?;
+        if req.response.headers_sent {
+            return Ok(false);
+        }
+        if req.aborted {
+            return Ok(true);
+        }
+        req.response.headers_sent = true;
+        req.response.pending_headers = None;
+        req.response.status = 500;
+        let id = req.id;
+        let response = crate::http::internal_error_response(req.response.head);
+        fcgi::encode_stream(&mut self.out, RecordType::Stdout, id, &response);
+        self.flush()?;
+        Ok(true)
+    }
+
+    /// Abort a response whose headers are already sent: send `note` (and any buffered
+    /// wsgi.errors text) as FCGI_STDERR, then a deliberately invalid record header, then
+    /// close, with no END_REQUEST.
+    ///
+    /// Closing alone is not enough: without `fastcgi_keep_conn`, nginx takes end of file
+    /// as the normal end of the response and would pass the truncated body to the client
+    /// as complete. An unparsable record makes the web server fail the response (nginx
+    /// logs "upstream sent unsupported FastCGI protocol version: 0", after the note), so
+    /// the client sees a broken transfer instead of a fake success.
+    pub fn abort_response(&mut self, seq: u64, note: &[u8]) {
+        if let Ok(req) = self.current(seq) {
+            let id = req.id;
+            let mut text = std::mem::take(&mut req.stderr_buf);
+            text.extend_from_slice(note);
+            fcgi::encode_stream(&mut self.out, RecordType::Stderr, id, &text);
+            self.out.extend_from_slice(&ABORT_MARKER);
+            let _ = self.flush();
+        }
+        self.close();
+    }
+
+    /// Queue wsgi.errors text for FCGI_STDERR; sent when enough is buffered. A finished
+    /// request's text is dropped (it already went to the worker's stderr).
+    pub fn write_stderr(&mut self, seq: u64, text: &[u8]) -> Result<(), OpError> {
+        let req = self.current(seq)?;
+        req.stderr_buf.extend_from_slice(text);
+        if req.stderr_buf.len() >= STDERR_FLUSH_AT {
+            self.flush_stderr(seq)?;
+        }
+        Ok(())
+    }
+
+    /// Send buffered wsgi.errors text now.
+    pub fn flush_stderr(&mut self, seq: u64) -> Result<(), OpError> {
+        let req = self.current(seq)?;
+        if req.stderr_buf.is_empty() || req.aborted {
+            req.stderr_buf.clear();
+            return Ok(());
+        }
+        let text = std::mem::take(&mut req.stderr_buf);
+        req.stderr_used = true;
+        let id = req.id;
+        fcgi::encode_stream(&mut self.out, RecordType::Stderr, id, &text);
+        self.flush().map_err(OpError::from)
+    }
+
+    /// Read and drop the rest of the request body, so the next request on a kept
+    /// connection starts at a record boundary and a closing socket has no unread data
+    /// (which would make the kernel send a reset and lose the response).
+    pub fn drain_input(&mut self) -> Result<(), ConnError> {
+        loop {
+            let Some(req) = self.req.as_mut() else {
+                return Ok(());
+            };
+            req.stdin.clear();
+            if req.stdin_done {
+                return Ok(());
+            }
+            if !self.fill()? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Finish the current request: drain its body, close its streams, send END_REQUEST
+    /// (appStatus 0, FCGI_REQUEST_COMPLETE). Returns FCGI_KEEP_CONN.
+    pub fn finish_request(&mut self) -> Result<bool, ConnError> {
+        self.drain_input()?;
+        let Some(mut req) = self.req.take() else {
+            return Ok(false);
+        };
+        self.seq += 1;
+        if !req.stderr_buf.is_empty() && !req.aborted {
+            fcgi::encode_stream(&mut self.out, RecordType::Stderr, req.id, &req.stderr_buf);
+            req.stderr_used = true;
+        }
+        if req.stderr_used {
+            fcgi::encode_end_of_stream(&mut self.out, RecordType::Stderr, req.id);
+        }
+        fcgi::encode_end_of_stream(&mut self.out, RecordType::Stdout, req.id);
+        fcgi::encode_end_request(&mut self.out, req.id, 0, ProtocolStatus::RequestComplete);
+        self.codec.end_request(req.id);
+        self.flush()?;
+        Ok(req.keep_conn)
+    }
+}
+
+/// Move up to `want` bytes from the front of `queue` to `out`; with `line`, stop after
+/// the first `\n`. Returns `(bytes moved, stopped at a newline)`.
+fn take_from_queue(
+    queue: &mut VecDeque<Bytes>,
+    out: &mut Vec<u8>,
+    want: u64,
+    line: bool,
+) -> (u64, bool) {
+    let mut taken = 0u64;
+    while taken < want {
+        let Some(front) = queue.front_mut() else {
+            break;
+        };
+        let mut n = front
+            .len()
+            .min(usize::try_from(want - taken).unwrap_or(usize::MAX));
+        let mut newline = false;
+        if line {
+            if let Some(pos) = front[..n].iter().position(|&b| b == b'\n') {
+                n = pos + 1;
+                newline = true;
+            }
+        }
+        out.extend_from_slice(&front[..n]);
+        taken += n as u64;
+        if n == front.len() {
+            queue.pop_front();
+        } else {
+            let _ = front.split_to(n);
+        }
+        if newline {
+            return (taken, true);
+        }
+    }
+    (taken, false)
+}

@@ -1,0 +1,389 @@
+//! The serve loop: wait on the listening sockets, the control socket and the signal
+//! self-pipe; accept one connection; serve its requests one at a time; repeat.
+//!
+//! Stopping: SIGQUIT (graceful) and end of file on the control socket (the manager is
+//! gone) both mean "finish the request in progress, then exit 0"; a worker that is idle,
+//! or waiting for the next request on a kept-alive connection, exits at once. SIGTERM is
+//! left at its default action: it is the manager's fast stop. A SIGINT (Python's
+//! KeyboardInterrupt) is treated like SIGQUIT. Every blocking call (poll, accept, read,
+//! write) runs with the GIL released.
+
+use crate::conn::{Capacity, Conn, ConnError, Shared, Socket, lock};
+use crate::log::{Level, log};
+use crate::wsgi::{self, Outcome};
+use fastcgi::{Role, ServerConfig};
+use pyfpm_ipc::{ListenerFd, WorkerSpec, exit};
+use pyo3::prelude::*;
+use pyo3::types::PyType;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Everything the serve loop needs, made once at start-up.
+pub struct Worker {
+    /// The spec the manager sent.
+    pub spec: WorkerSpec,
+    /// The WSGI application.
+    pub app: Py<PyAny>,
+    /// The `wsgi.file_wrapper` class.
+    pub file_wrapper: Py<PyType>,
+    /// The listening sockets, owned (closed when the worker exits), non-blocking.
+    pub listeners: Vec<(OwnedFd, ListenerFd)>,
+    /// Stop requests.
+    pub stop: Stop,
+}
+
+/// Result of waiting on some fds plus the stop sources.
+#[derive(Debug)]
+pub struct Polled {
+    /// Per fd given: readable (or hung up / in error, which the next call reports).
+    pub readable: Vec<bool>,
+    /// A stop was requested (now or before).
+    pub stop: bool,
+    /// poll(2) was interrupted by a signal: the caller should let Python run its signal
+    /// handlers (`py.check_signals()`).
+    pub interrupted: bool,
+}
+
+/// The ways a worker is asked to stop, and the fds that announce them.
+pub struct Stop {
+    /// Set by the SIGQUIT handler, a KeyboardInterrupt, or an app's `sys.exit()`.
+    quit: Arc<AtomicBool>,
+    /// End of file on the control socket: the manager is gone.
+    manager_gone: AtomicBool,
+    /// Read end of the SIGQUIT self-pipe (non-blocking); wakes poll(2).
+    sig_pipe: UnixStream,
+    /// The worker's end of the control socketpair (non-blocking).
+    control: UnixStream,
+    /// Write end of the self-pipe handed to Python's `signal.set_wakeup_fd`, so a signal
+    /// with a Python handler (SIGINT) also wakes poll(2); kept open here.
+    _python_wakeup: UnixStream,
+}
+
+impl Stop {
+    /// Install the SIGQUIT handler (flag + self-pipe), make Python's signal handlers
+    /// wake the same pipe, and watch `control`.
+    pub fn install(py: Python<'_>, control: UnixStream) -> PyResult<Stop> {
+        let quit = Arc::new(AtomicBool::new(false));
+        let (sig_pipe, sig_write) = UnixStream::pair()?;
+        sig_pipe.set_nonblocking(true)?;
+        sig_write.set_nonblocking(true)?;
+        let python_wakeup = sig_write.try_clone()?;
+        signal_hook::flag::register(signal_hook::consts::SIGQUIT, Arc::clone(&quit))?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGQUIT, sig_write)?;
+        // Without this a SIGINT arriving just before poll(2) would only be noticed at the
+        // next wake-up: Python's C handler merely sets a flag.
+        py.import("signal")?
+            .call_method1("set_wakeup_fd", (python_wakeup.as_raw_fd(),))?;
+        control.set_nonblocking(true)?;
+        Ok(Stop {
+            quit,
+            manager_gone: AtomicBool::new(false),
+            sig_pipe,
+            control,
+            _python_wakeup: python_wakeup,
+        })
+    }
+
+    /// The control socket, for writing messages to the manager.
+    pub fn control_socket(&self) -> &UnixStream {
+        &self.control
+    }
+
+    /// True once the worker should exit after the current request.
+    pub fn requested(&self) -> bool {
+        self.quit.load(Ordering::SeqCst) || self.manager_gone.load(Ordering::SeqCst)
+    }
+
+    /// Ask the worker to exit after the current request.
+    pub fn request(&self) {
+        self.quit.store(true, Ordering::SeqCst);
+    }
+
+    /// Wait (no timeout) until one of `fds` is readable or a stop is requested.
+    pub fn poll(&self, fds: &[RawFd]) -> io::Result<Polled> {
+        let watch_control = !self.manager_gone.load(Ordering::SeqCst);
+        let mut pollfds: Vec<libc::pollfd> = fds
+            .iter()
+            .chain([self.sig_pipe.as_raw_fd()].iter())
+            .chain(watch_control.then(|| self.control.as_raw_fd()).iter())
+            .map(|&fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let mut polled = Polled {
+            readable: vec![false; fds.len()],
+            stop: self.requested(),
+            interrupted: false,
+        };
+        if polled.stop {
+            return Ok(polled);
+        }
+        // SAFETY: `pollfds` is a valid array of `pollfds.len()` pollfd structs.
+        let n = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                polled.interrupted = true;
+                polled.stop = self.requested();
+                return Ok(polled);
+            }
+            return Err(err);
+        }
+        for (i, pfd) in pollfds[..fds.len()].iter().enumerate() {
+            polled.readable[i] = pfd.revents != 0;
+        }
+        if pollfds[fds.len()].revents != 0 {
+            // Drain the self-pipe. The SIGQUIT flag says whether that was the signal; for
+            // any other the caller lets Python run its handlers.
+            let mut buf = [0u8; 64];
+            while matches!((&self.sig_pipe).read(&mut buf), Ok(n) if n > 0) {}
+            polled.interrupted = true;
+        }
+        if watch_control && pollfds[fds.len() + 1].revents != 0 {
+            self.read_control();
+        }
+        polled.stop = self.requested();
+        Ok(polled)
+    }
+
+    /// Read what the manager sent. No messages to the worker are defined yet, so data is
+    /// ignored; end of file or an error means the manager is gone.
+    fn read_control(&self) {
+        let mut buf = [0u8; 256];
+        loop {
+            match (&self.control).read(&mut buf) {
+                Ok(0) => {
+                    self.manager_gone.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.manager_gone.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Why the worker is stopping, for the exit log line.
+    fn reason(&self) -> &'static str {
+        if self.manager_gone.load(Ordering::SeqCst) {
+            "the manager is gone (control socket closed)"
+        } else {
+            "graceful stop requested"
+        }
+    }
+}
+
+/// Serve until asked to stop; returns the process exit code.
+pub fn serve_forever(py: Python<'_>, worker: &Worker) -> i32 {
+    let fds: Vec<RawFd> = worker
+        .listeners
+        .iter()
+        .map(|(fd, _)| fd.as_raw_fd())
+        .collect();
+    // Start the accept attempts at a rotating listener so that one busy listener cannot
+    // starve the others.
+    let mut first = 0usize;
+    loop {
+        if worker.stop.requested() {
+            break;
+        }
+        let polled = match py.detach(|| worker.stop.poll(&fds)) {
+            Ok(p) => p,
+            Err(e) => {
+                log(Level::Error, format!("poll() failed: {e}; worker exiting"));
+                return 1;
+            }
+        };
+        if polled.interrupted && !check_signals(py, worker) {
+            break;
+        }
+        if polled.stop {
+            break;
+        }
+        for k in 0..fds.len() {
+            let i = (first + k) % fds.len();
+            if !polled.readable[i] {
+                continue;
+            }
+            let (listener, info) = (&worker.listeners[i].0, &worker.listeners[i].1);
+            let accepted = py.detach(|| accept(listener.as_raw_fd(), info));
+            match accepted {
+                Ok(Some((sock, peer))) => {
+                    first = (i + 1) % fds.len();
+                    serve_connection(py, worker, sock, peer);
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    log(
+                        Level::Error,
+                        format!("accept() on {} failed: {e}", info.address),
+                    );
+                    // Out of fds or memory: do not spin on a listener that stays readable.
+                    py.detach(|| std::thread::sleep(Duration::from_millis(100)));
+                }
+            }
+        }
+    }
+    log(
+        Level::Debug,
+        format!(
+            "worker {} exiting: {}",
+            worker.spec.slot,
+            worker.stop.reason()
+        ),
+    );
+    exit::OK
+}
+
+/// Let Python run its signal handlers. `false` when one raised (KeyboardInterrupt): the
+/// worker then stops like on SIGQUIT.
+fn check_signals(py: Python<'_>, worker: &Worker) -> bool {
+    match py.check_signals() {
+        Ok(()) => true,
+        Err(err) => {
+            log(
+                Level::Notice,
+                format!(
+                    "{} while idle; worker stopping",
+                    err.get_type(py)
+                        .name()
+                        .map_or_else(|_| "signal".to_string(), |n| n.to_string())
+                ),
+            );
+            worker.stop.request();
+            false
+        }
+    }
+}
+
+/// Accept one connection: `None` when another worker took it first.
+fn accept(listener: RawFd, info: &ListenerFd) -> io::Result<Option<(Socket, String)>> {
+    loop {
+        // SAFETY: plain accept4 on a listening fd we own; no address buffer.
+        let fd = unsafe {
+            libc::accept4(
+                listener,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: accept4 returned a new fd that nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let peer = peer_name(&fd, info);
+            return Ok(Some((Socket::new(fd), peer)));
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) | Some(libc::ECONNABORTED) | Some(libc::EPROTO) => {
+                return Ok(None);
+            }
+            _ => return Err(err),
+        }
+    }
+}
+
+/// The peer for log lines: `ip:port` for TCP, the listener's address for a Unix socket
+/// (its clients are normally unnamed).
+fn peer_name(fd: &OwnedFd, info: &ListenerFd) -> String {
+    if info.unix {
+        return format!("client of {}", info.address);
+    }
+    match nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(fd.as_raw_fd()) {
+        Ok(addr) => addr.to_string(),
+        Err(_) => format!("client of {}", info.address),
+    }
+}
+
+/// How waiting for the next request on a connection ended.
+enum Wait {
+    /// A request's params are complete.
+    Ready,
+    /// The peer closed the connection between requests.
+    Closed,
+    /// Stop requested while no request was in progress.
+    Stop,
+    /// poll(2) was interrupted by a signal; Python's handlers must run.
+    Interrupted,
+}
+
+/// Wait (GIL released) for the next request on a connection, answering management
+/// records meanwhile.
+fn wait_for_request(shared: &Shared, stop: &Stop) -> Result<Wait, ConnError> {
+    let mut conn = lock(shared);
+    loop {
+        conn.process_events()?;
+        if conn.request_ready() {
+            return Ok(Wait::Ready);
+        }
+        let idle = conn.req.is_none();
+        if idle && !conn.has_buffered_input() {
+            // Between requests: a stop wins, and poll also watches the stop sources.
+            if stop.requested() {
+                return Ok(Wait::Stop);
+            }
+            let fd = conn.raw_fd().ok_or(ConnError::Closed)?;
+            let polled = stop.poll(&[fd]).map_err(|e| ConnError::Io {
+                op: "waiting for the web server",
+                source: Arc::new(e),
+            })?;
+            if polled.interrupted {
+                return Ok(Wait::Interrupted);
+            }
+            if !polled.readable[0] {
+                // Only a stop source fired.
+                return Ok(Wait::Stop);
+            }
+        }
+        if !conn.fill()? {
+            return Ok(Wait::Closed);
+        }
+    }
+}
+
+/// Serve every request of one connection.
+fn serve_connection(py: Python<'_>, worker: &Worker, sock: Socket, peer: String) {
+    let config = ServerConfig {
+        max_params_len: worker.spec.request_params_max,
+        max_active_requests: 1,
+        roles: vec![Role::Responder, Role::Authorizer, Role::Filter],
+    };
+    let capacity = Capacity {
+        max_conns: worker.spec.fcgi_max_conns,
+    };
+    let shared: Shared = Arc::new(Mutex::new(Conn::new(sock, peer, config, capacity)));
+    loop {
+        match py.detach(|| wait_for_request(&shared, &worker.stop)) {
+            Ok(Wait::Ready) => {}
+            Ok(Wait::Closed) | Ok(Wait::Stop) => break,
+            Ok(Wait::Interrupted) => {
+                if !check_signals(py, worker) {
+                    break;
+                }
+                continue;
+            }
+            Err(e) => {
+                let conn = lock(&shared);
+                log(e.level(), format!("{}: {e}; connection closed", conn.peer));
+                break;
+            }
+        }
+        if wsgi::run_request(py, worker, &shared) == Outcome::Close {
+            break;
+        }
+    }
+    lock(&shared).close();
+}

@@ -1,0 +1,84 @@
+//! `wsgi.input`: the request body, streamed from FCGI_STDIN as the app reads it.
+//!
+//! Nothing is buffered up front: each read pulls records off the socket (with the GIL
+//! released) until it can answer. With CONTENT_LENGTH the app gets at most that many
+//! bytes; without it, everything up to the end of the STDIN stream (Apache relays
+//! chunked uploads that way). A read never blocks past the end of the stream.
+
+use super::op_error;
+use crate::conn::{Shared, lock};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+
+/// The `wsgi.input` stream of one request.
+#[pyclass(module = "pyfpm_worker", name = "Input", frozen)]
+pub struct Input {
+    /// The connection the body arrives on.
+    conn: Shared,
+    /// The request this stream belongs to (see `Conn::seq`).
+    seq: u64,
+}
+
+impl Input {
+    /// The body stream of the request `seq` on `conn`.
+    pub fn new(conn: Shared, seq: u64) -> Self {
+        Input { conn, seq }
+    }
+
+    fn pull(&self, py: Python<'_>, max: Option<usize>, line: bool) -> PyResult<Vec<u8>> {
+        let (conn, seq) = (&self.conn, self.seq);
+        py.detach(|| lock(conn).read_input(seq, max, line))
+            .map_err(op_error)
+    }
+}
+
+/// A Python size argument: `None` or a negative number means "no limit".
+fn limit(size: Option<isize>) -> Option<usize> {
+    size.and_then(|s| usize::try_from(s).ok())
+}
+
+#[pymethods]
+impl Input {
+    /// Read at most `size` bytes (all that is left with no size or a negative one).
+    #[pyo3(signature = (size=None))]
+    fn read<'py>(&self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
+        let data = self.pull(py, limit(size), false)?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    /// Read one line, including its `\n`, or at most `size` bytes of it.
+    #[pyo3(signature = (size=None))]
+    fn readline<'py>(&self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
+        let data = self.pull(py, limit(size), true)?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    /// Read lines until the end of the body, or until their total size reaches `hint`.
+    #[pyo3(signature = (hint=None))]
+    fn readlines<'py>(&self, py: Python<'py>, hint: Option<isize>) -> PyResult<Bound<'py, PyList>> {
+        let hint = limit(hint).filter(|&h| h > 0);
+        let lines = PyList::empty(py);
+        let mut total = 0usize;
+        loop {
+            let line = self.pull(py, None, true)?;
+            if line.is_empty() {
+                break;
+            }
+            total += line.len();
+            lines.append(PyBytes::new(py, &line))?;
+            if hint.is_some_and(|h| total >= h) {
+                break;
+            }
+        }
+        Ok(lines)
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let line = self.pull(py, None, true)?;
+        Ok((!line.is_empty()).then(|| PyBytes::new(py, &line)))
+    }
+}

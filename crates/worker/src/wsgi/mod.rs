@@ -1,0 +1,410 @@
+//! Running one request through the WSGI app (PEP 3333).
+//!
+//! [`run_request`] builds the environ and the request's Python objects, calls the app,
+//! streams each chunk of its result as it is yielded, always calls the result's
+//! `close()`, and turns every failure into the right ending:
+//!
+//! - nothing sent yet (app exception, bad status or headers, a non-bytes body item,
+//!   body before `start_response`): a plain `500 Internal Server Error`, the traceback
+//!   in the worker's log, a one-line summary on FCGI_STDERR, END_REQUEST as usual;
+//! - headers already sent: the error is logged, a summary goes out on FCGI_STDERR, then
+//!   an invalid record header, and the connection is closed without END_REQUEST, so the
+//!   web server fails the response instead of passing it on as complete (see
+//!   `Conn::abort_response`);
+//! - the web server went away (EPIPE, ECONNRESET): iteration stops, `close()` runs, an
+//!   info line is logged and the connection is dropped;
+//! - FCGI_ABORT_REQUEST: iteration stops, `close()` runs, END_REQUEST is sent.
+
+pub mod environ;
+pub mod errors;
+pub mod file_wrapper;
+pub mod input;
+pub mod start_response;
+
+use crate::conn::{ConnError, OpError, Shared, lock};
+use crate::log::{Level, log};
+use crate::serve::Worker;
+use pyo3::exceptions::{
+    PyBrokenPipeError, PyConnectionAbortedError, PyConnectionResetError, PyKeyboardInterrupt,
+    PyOSError, PyRuntimeError, PySystemExit, PyValueError,
+};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+use std::io;
+
+/// Turn a failed operation of a request object into the Python exception the app sees.
+pub(crate) fn op_error(err: OpError) -> PyErr {
+    let msg = err.to_string();
+    match err {
+        OpError::Finished => PyValueError::new_err(msg),
+        OpError::NotStarted => PyRuntimeError::new_err(msg),
+        OpError::Aborted => PyConnectionAbortedError::new_err(msg),
+        OpError::Conn(ConnError::Io { source, .. })
+            if source.kind() == io::ErrorKind::BrokenPipe =>
+        {
+            PyBrokenPipeError::new_err(msg)
+        }
+        OpError::Conn(e) if e.is_peer_gone() => PyConnectionResetError::new_err(msg),
+        OpError::Conn(_) => PyOSError::new_err(msg),
+    }
+}
+
+/// What to do with the connection after a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// END_REQUEST was sent and FCGI_KEEP_CONN was set: wait for the next request.
+    Keep,
+    /// Close the connection.
+    Close,
+}
+
+/// Why streaming the response stopped early.
+enum Failure {
+    /// A Python exception: from the app, its iterable, or our checks raised into it.
+    App(PyErr),
+    /// A contract violation found by the server (non-bytes item, missing
+    /// start_response); no Python traceback to show.
+    Contract(String),
+    /// The web server sent FCGI_ABORT_REQUEST.
+    Aborted,
+    /// The connection failed.
+    Conn(ConnError),
+}
+
+impl From<OpError> for Failure {
+    fn from(err: OpError) -> Self {
+        match err {
+            OpError::Aborted => Failure::Aborted,
+            OpError::Conn(e) => Failure::Conn(e),
+            OpError::NotStarted => Failure::Contract(
+                "the app sent body data before calling start_response()".to_string(),
+            ),
+            OpError::Finished => Failure::Contract(
+                "the request was finished while its response was being sent".to_string(),
+            ),
+        }
+    }
+}
+
+/// Labels log lines: the pool and the request.
+struct Context<'a> {
+    method: &'a str,
+    uri: &'a str,
+}
+
+impl std::fmt::Display for Context<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, self.uri)
+    }
+}
+
+/// The traceback of `err` as Python prints it, or its one-line form if that fails.
+pub(crate) fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
+    let formatted = py.import("traceback").and_then(|tb| {
+        let lines = tb.call_method1(
+            "format_exception",
+            (err.get_type(py), err.value(py), err.traceback(py)),
+        )?;
+        let mut text = String::new();
+        for line in lines.try_iter()? {
+            text.push_str(&line?.str()?.to_cow()?);
+        }
+        Ok::<_, PyErr>(text)
+    });
+    match formatted {
+        Ok(text) => text.trim_end_matches('\n').to_string(),
+        Err(_) => summary(py, err),
+    }
+}
+
+/// `ExceptionType: message`, on one line.
+fn summary(py: Python<'_>, err: &PyErr) -> String {
+    let name = err
+        .get_type(py)
+        .name()
+        .map_or_else(|_| "Exception".to_string(), |n| n.to_string());
+    let msg = err
+        .value(py)
+        .str()
+        .map_or_else(|_| String::new(), |s| s.to_string());
+    let line = if msg.is_empty() {
+        name
+    } else {
+        format!("{name}: {msg}")
+    };
+    line.replace(['\r', '\n'], " ")
+}
+
+/// Serve the request whose params are complete on `shared`.
+pub fn run_request(py: Python<'_>, worker: &Worker, shared: &Shared) -> Outcome {
+    let (params, role, seq) = {
+        let conn = lock(shared);
+        match conn
+            .req
+            .as_ref()
+            .and_then(|r| Some((r.params.clone()?, r.role)))
+        {
+            Some((params, role)) => (params, role, conn.seq()),
+            None => return Outcome::Close,
+        }
+    };
+    let built = (|| -> PyResult<_> {
+        let input = Bound::new(py, input::Input::new(shared.clone(), seq))?.into_any();
+        let errors = Bound::new(py, errors::Errors::new(shared.clone(), seq))?.into_any();
+        let start = Bound::new(py, start_response::StartResponse::new(shared.clone(), seq))?;
+        let streams = environ::Streams {
+            input: &input,
+            errors: &errors,
+            file_wrapper: worker.file_wrapper.bind(py),
+        };
+        let (environ, info) = environ::build(py, &params, role, &worker.spec.mount, streams)?;
+        Ok((environ, start, info))
+    })();
+    let (environ, start, info) = match built {
+        Ok(b) => b,
+        Err(err) => {
+            log(
+                Level::Error,
+                format!(
+                    "cannot build the WSGI environ: {}",
+                    format_traceback(py, &err)
+                ),
+            );
+            lock(shared).close();
+            return Outcome::Close;
+        }
+    };
+    lock(shared).start_app(info.content_length, info.is_head());
+    let ctx = Context {
+        method: &info.method,
+        uri: &info.uri,
+    };
+
+    let outcome = match worker.app.bind(py).call1((environ, start)) {
+        Err(err) => Err(Failure::App(err)),
+        Ok(result) => {
+            let streamed = stream(py, shared, seq, &result);
+            let closed = call_close(&result);
+            match (streamed, closed) {
+                (Err(failure), Err(close_err)) => {
+                    log(
+                        Level::Error,
+                        format!(
+                            "{ctx}: the response's close() raised too: {}",
+                            format_traceback(py, &close_err)
+                        ),
+                    );
+                    Err(failure)
+                }
+                (Err(failure), Ok(())) => Err(failure),
+                (Ok(()), Err(close_err)) => {
+                    // The response is complete; a failing close() is the app's cleanup
+                    // problem, not the client's.
+                    log(
+                        Level::Error,
+                        format!(
+                            "{ctx}: the response's close() raised: {}",
+                            format_traceback(py, &close_err)
+                        ),
+                    );
+                    Ok(())
+                }
+                (Ok(()), Ok(())) => Ok(()),
+            }
+        }
+    };
+    let result = match outcome {
+        Ok(()) => finish(py, shared, &ctx),
+        Err(failure) => fail(py, worker, shared, seq, &ctx, failure),
+    };
+    flush_std_streams(py);
+    result
+}
+
+/// Iterate the app's result and send each chunk as it comes.
+fn stream(
+    py: Python<'_>,
+    shared: &Shared,
+    seq: u64,
+    result: &Bound<'_, PyAny>,
+) -> Result<(), Failure> {
+    // A one-item list or tuple (the common `[body]`) is the whole response: its bytes
+    // can wait in the buffer and leave in one write with END_REQUEST.
+    let single = (result.is_exact_instance_of::<PyList>()
+        || result.is_exact_instance_of::<PyTuple>())
+        && result.len().ok() == Some(1);
+    let iter = result.try_iter().map_err(Failure::App)?;
+    for item in iter {
+        let item = item.map_err(Failure::App)?;
+        let bytes = item.cast::<PyBytes>().map_err(|_| {
+            Failure::Contract(format!(
+                "the app's response iterable yielded {}, not bytes",
+                start_response::type_name(&item)
+            ))
+        })?;
+        let data = bytes.as_bytes();
+        if data.is_empty() {
+            continue;
+        }
+        py.detach(|| lock(shared).send_body(seq, data, !single))?;
+    }
+    py.detach(|| lock(shared).send_headers_if_pending(seq))
+        .map_err(|e| match e {
+            OpError::NotStarted => {
+                Failure::Contract("the app returned without calling start_response()".to_string())
+            }
+            other => other.into(),
+        })
+}
+
+/// Call the result's `close()`, if it has one.
+fn call_close(result: &Bound<'_, PyAny>) -> PyResult<()> {
+    if let Some(close) = result.getattr_opt("close")? {
+        close.call0()?;
+    }
+    Ok(())
+}
+
+/// The normal end: END_REQUEST, then keep or close the connection. Blocking I/O
+/// (draining the body, writing), so the GIL is released.
+fn finish(py: Python<'_>, shared: &Shared, ctx: &Context<'_>) -> Outcome {
+    py.detach(|| finish_detached(shared, ctx))
+}
+
+fn finish_detached(shared: &Shared, ctx: &Context<'_>) -> Outcome {
+    let mut conn = lock(shared);
+    match conn.finish_request() {
+        Ok(true) => Outcome::Keep,
+        Ok(false) => {
+            conn.close();
+            Outcome::Close
+        }
+        Err(e) => {
+            log(
+                e.level(),
+                format!("{ctx}: {}: {e}; connection closed", conn.peer),
+            );
+            conn.close();
+            Outcome::Close
+        }
+    }
+}
+
+/// End a request that failed.
+fn fail(
+    py: Python<'_>,
+    worker: &Worker,
+    shared: &Shared,
+    seq: u64,
+    ctx: &Context<'_>,
+    failure: Failure,
+) -> Outcome {
+    // An exception raised by our own stream objects because the connection failed or
+    // the request was aborted is not the app's fault: report the real cause.
+    let failure = match failure {
+        Failure::App(err) => {
+            let conn = lock(shared);
+            if let Some(e) = conn.failure() {
+                Failure::Conn(e.clone())
+            } else if conn.req.as_ref().is_some_and(|r| r.aborted) {
+                Failure::Aborted
+            } else {
+                drop(conn);
+                Failure::App(err)
+            }
+        }
+        other => other,
+    };
+    let (detail, summary_line) = match failure {
+        Failure::Conn(e) => {
+            let mut conn = lock(shared);
+            log(
+                e.level(),
+                format!(
+                    "{ctx}: {}: {e}; response abandoned, connection closed",
+                    conn.peer
+                ),
+            );
+            // Closing only drops the socket: no blocking I/O under the GIL here.
+            conn.close();
+            return Outcome::Close;
+        }
+        Failure::Aborted => {
+            log(Level::Info, format!("{ctx}: aborted by the web server"));
+            return finish(py, shared, ctx);
+        }
+        Failure::App(err) => {
+            if err.is_instance_of::<PyKeyboardInterrupt>(py)
+                || err.is_instance_of::<PySystemExit>(py)
+            {
+                // Ctrl-C or sys.exit() in the app: answer this request, then leave.
+                worker.stop.request();
+            }
+            (
+                format!(
+                    "unhandled exception in the app:\n{}",
+                    format_traceback(py, &err)
+                ),
+                summary(py, &err),
+            )
+        }
+        Failure::Contract(msg) => (msg.clone(), msg),
+    };
+    py.detach(|| {
+        let mut conn = lock(shared);
+        match conn.send_internal_error(seq) {
+            Ok(true) => {
+                log(Level::Error, format!("{ctx}: {detail}"));
+                let line = format!(
+                    "pyfpm: {} {}: {summary_line} (details in the pool's error log)\n",
+                    ctx.method, ctx.uri
+                );
+                let _ = conn.write_stderr(seq, line.as_bytes());
+                drop(conn);
+                finish_detached(shared, ctx)
+            }
+            Ok(false) => {
+                log(
+                    Level::Error,
+                    format!(
+                        "{ctx}: {detail}\nthe response headers were already sent: the \
+                         response is aborted so the web server sees a truncated response"
+                    ),
+                );
+                let line = format!(
+                    "pyfpm: {} {}: {summary_line}; response aborted after its headers were \
+                     sent (details in the pool's error log)\n",
+                    ctx.method, ctx.uri
+                );
+                conn.abort_response(seq, line.as_bytes());
+                Outcome::Close
+            }
+            Err(e) => {
+                log(Level::Error, format!("{ctx}: {detail}"));
+                log(
+                    Level::Info,
+                    format!(
+                        "{ctx}: {}: could not send the error response: {e}",
+                        conn.peer
+                    ),
+                );
+                conn.close();
+                Outcome::Close
+            }
+        }
+    })
+}
+
+/// Flush Python's `sys.stdout` and `sys.stderr`, so the app's prints of this request
+/// reach the pool's log now rather than when a block buffer fills.
+fn flush_std_streams(py: Python<'_>) {
+    if let Ok(sys) = py.import("sys") {
+        for name in ["stdout", "stderr"] {
+            if let Ok(stream) = sys.getattr(name) {
+                if !stream.is_none() {
+                    let _ = stream.call_method0("flush");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Unit tests of the worker core's pure helpers.
+//!
+//! The extension itself cannot be linked into a test binary (it links no libpython), so
+//! the modules that do not touch Python are compiled in here directly; their own
+//! `#[cfg(test)]` tests run as part of this binary.
+
+#[allow(dead_code)]
+#[path = "../src/http.rs"]
+mod http;
+
+#[allow(dead_code)]
+#[path = "../src/log.rs"]
+mod log;
