@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The README's test command: install what the test suite needs (idempotently), build
+# everything, run every test. Extra arguments go to `cargo test` (e.g. `-- --nocapture`).
+#
+# Needs on the machine: the Rust toolchain, CPython 3.9+ with pip, a C compiler.
+# Installs when missing: nginx from Debian (for the end-to-end tests; the package is kept
+# from starting a system nginx) and the Python packages in tests/requirements.txt.
+set -euo pipefail
+
+cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
+
+section() { printf '\n==> %s\n' "$*"; }
+
+# Root runs apt-get directly; anyone else goes through sudo.
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+have_nginx() {
+    command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]
+}
+
+section "nginx (Debian package)"
+if have_nginx; then
+    echo "already installed: $( (command -v nginx || echo /usr/sbin/nginx) | head -n1)"
+else
+    # A policy-rc.d that exits 101 forbids maintainer scripts to start services, so the
+    # package does not start a system nginx on port 80. An existing policy is put back.
+    policy=/usr/sbin/policy-rc.d
+    backup=""
+    if [ -e "$policy" ]; then
+        backup="$(mktemp /tmp/policy-rc.d.XXXXXX)"
+        as_root cp -p "$policy" "$backup"
+    fi
+    restore_policy() {
+        if [ -n "$backup" ]; then
+            as_root cp -p "$backup" "$policy"
+            rm -f "$backup"
+        else
+            as_root rm -f "$policy"
+        fi
+    }
+    trap restore_policy EXIT
+    printf '#!/bin/sh\n# Temporary, from pyfpm tests/run.sh: start no services.\nexit 101\n' |
+        as_root tee "$policy" >/dev/null
+    as_root chmod 0755 "$policy"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx
+    restore_policy
+    trap - EXIT
+    have_nginx || { echo "nginx is still missing after apt-get install" >&2; exit 1; }
+fi
+
+section "Python packages (tests/requirements.txt)"
+if [ -f tests/requirements.txt ] && grep -qEv '^[[:space:]]*(#|$)' tests/requirements.txt; then
+    python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+else
+    echo "none needed"
+fi
+
+section "cargo build --workspace --all-targets"
+cargo build --workspace --all-targets
+
+section "cargo test --workspace $*"
+log="$(mktemp /tmp/pyfpm-tests.XXXXXX)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+
+# One closing line for the whole run (cargo prints one per test binary, the last of
+# which is often a crate's empty doctest run).
+awk '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "\nsummary: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+exit "$status"
