@@ -60,7 +60,11 @@ fn codec_is_sans_io() {
         "nix::",
     ];
     let hits = offending_lines(&root().join("crates/fastcgi/src"), &forbidden);
-    assert!(hits.is_empty(), "the codec must not do I/O, keep time or touch Python:\n{}", hits.join("\n"));
+    assert!(
+        hits.is_empty(),
+        "the codec must not do I/O, keep time or touch Python:\n{}",
+        hits.join("\n")
+    );
 }
 
 /// Normal (non-dev, non-build) dependency names of every workspace package, keyed by
@@ -83,11 +87,18 @@ fn load_graph() -> Graph {
         .current_dir(root())
         .output()
         .expect("run cargo metadata");
-    assert!(out.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let mut names = HashMap::new();
     for p in meta["packages"].as_array().unwrap() {
-        names.insert(p["id"].as_str().unwrap().to_string(), p["name"].as_str().unwrap().to_string());
+        names.insert(
+            p["id"].as_str().unwrap().to_string(),
+            p["name"].as_str().unwrap().to_string(),
+        );
     }
     let mut deps = HashMap::new();
     for node in meta["resolve"]["nodes"].as_array().unwrap() {
@@ -97,7 +108,11 @@ fn load_graph() -> Graph {
             .unwrap()
             .iter()
             .filter(|d| {
-                d["dep_kinds"].as_array().unwrap().iter().any(|k| k["kind"].is_null())
+                d["dep_kinds"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|k| k["kind"].is_null())
             })
             .map(|d| d["pkg"].as_str().unwrap().to_string())
             .collect();
@@ -109,7 +124,11 @@ fn load_graph() -> Graph {
         .iter()
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
-    Graph { workspace, deps, names }
+    Graph {
+        workspace,
+        deps,
+        names,
+    }
 }
 
 impl Graph {
@@ -146,7 +165,10 @@ fn only_the_worker_links_python() {
         if name == "pyfpm-worker" {
             assert!(has_pyo3, "the worker core is the pyo3 extension");
         } else {
-            assert!(!has_pyo3, "{name} must not depend on pyo3 (only crates/worker may)");
+            assert!(
+                !has_pyo3,
+                "{name} must not depend on pyo3 (only crates/worker may)"
+            );
         }
     }
 }
@@ -154,9 +176,16 @@ fn only_the_worker_links_python() {
 #[test]
 fn codec_depends_only_on_parsing_crates() {
     let g = graph();
-    let direct: BTreeSet<String> =
-        g.deps[&g.id_of("pyfpm-fastcgi")].iter().map(|d| g.names[d].clone()).collect();
-    let allowed: BTreeSet<String> =
-        ["bytes", "nom", "thiserror"].iter().map(|s| s.to_string()).collect();
-    assert!(direct.is_subset(&allowed), "codec dependencies {direct:?} exceed {allowed:?}");
+    let direct: BTreeSet<String> = g.deps[&g.id_of("pyfpm-fastcgi")]
+        .iter()
+        .map(|d| g.names[d].clone())
+        .collect();
+    let allowed: BTreeSet<String> = ["bytes", "nom", "thiserror"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert!(
+        direct.is_subset(&allowed),
+        "codec dependencies {direct:?} exceed {allowed:?}"
+    );
 }

@@ -1,0 +1,458 @@
+//! End to end through real nginx (the Debian package): a stock `location /` with
+//! `include /etc/nginx/fastcgi_params; fastcgi_pass ...;` and no other fastcgi_param
+//! lines, in front of the real `pyfpm` serving the apps in tests/apps.
+
+mod common;
+
+use common::fcgi::Addr;
+use common::http;
+use common::{Pool, Pyfpm, TestEnv, crc32, free_port, test_bytes, wait_until};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The README test command installs nginx; without it these tests fail, never skip.
+fn nginx_bin() -> PathBuf {
+    for p in ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"] {
+        if Path::new(p).is_file() {
+            return p.into();
+        }
+    }
+    panic!(
+        "nginx is not installed: run the README test command (it installs the Debian \
+         nginx package), or `apt-get install nginx-light`/`nginx`, then run the tests again"
+    );
+}
+
+/// A running nginx master started by a test, stopped by pid on drop.
+struct Nginx {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("nginx-error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+            if !wait_until(Duration::from_secs(10), || {
+                matches!(self.child.try_wait(), Ok(Some(_)))
+            }) {
+                let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+/// Write an nginx.conf for `pass` (`unix:/path` or `127.0.0.1:port`) and start nginx.
+fn start_nginx(env: &TestEnv, pass: &str, keepalive: bool) -> Nginx {
+    let bin = nginx_bin();
+    let dir = env.path().to_path_buf();
+    let port = free_port();
+    let d = dir.display();
+    // As root, nginx would run its workers as `nobody`, who may not enter the test's
+    // private temp dir or connect to a 0660 socket: keep them as the test's user.
+    let user = if nix::unistd::geteuid().is_root() {
+        "user root root;"
+    } else {
+        ""
+    };
+    let (upstream, target, keep) = if keepalive {
+        (
+            format!("upstream pyfpm {{ server {pass}; keepalive 4; }}"),
+            "pyfpm".to_string(),
+            "fastcgi_keep_conn on;",
+        )
+    } else {
+        (String::new(), pass.to_string(), "")
+    };
+    let conf = format!(
+        "daemon off;
+master_process on;
+{user}
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log;
+worker_processes 1;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    fastcgi_temp_path {d}/fastcgi_temp;
+    proxy_temp_path {d}/proxy_temp;
+    uwsgi_temp_path {d}/uwsgi_temp;
+    scgi_temp_path {d}/scgi_temp;
+    client_max_body_size 16m;
+    {upstream}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name localhost;
+        location / {{
+            include /etc/nginx/fastcgi_params;
+            fastcgi_pass {target};
+            {keep}
+        }}
+    }}
+}}
+"
+    );
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let out = std::fs::File::create(dir.join("nginx-stderr.log")).unwrap();
+    let child = Command::new(bin)
+        .arg("-p")
+        .arg(&dir)
+        .arg("-e")
+        .arg(dir.join("nginx-error.log"))
+        .arg("-c")
+        .arg(&conf_path)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("spawn nginx");
+    let mut n = Nginx { child, port, dir };
+    let up = wait_until(common::START_TIMEOUT, || {
+        if let Ok(Some(_)) = n.child.try_wait() {
+            return true;
+        }
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    if let Ok(Some(status)) = n.child.try_wait() {
+        panic!(
+            "nginx exited ({status}): {}{}",
+            std::fs::read_to_string(n.dir.join("nginx-stderr.log")).unwrap_or_default(),
+            n.error_log()
+        );
+    }
+    assert!(up, "nginx did not listen on {port}: {}", n.error_log());
+    n
+}
+
+/// pyfpm (Unix socket or TCP) behind nginx. Field order: nginx stops first, then pyfpm,
+/// then the directory goes.
+struct Stack {
+    nginx: Nginx,
+    pyfpm: Pyfpm,
+    env: TestEnv,
+    /// nginx's `fastcgi_pass` target.
+    pass: String,
+}
+
+fn stack(app: &str, tcp: bool, keepalive: bool) -> Stack {
+    let env = TestEnv::new();
+    let (listen, addr, pass) = if tcp {
+        let port = free_port();
+        (
+            format!("127.0.0.1:{port}"),
+            Addr::Tcp(format!("127.0.0.1:{port}").parse().unwrap()),
+            format!("127.0.0.1:{port}"),
+        )
+    } else {
+        let sock = env.file("www.sock");
+        (
+            sock.display().to_string(),
+            Addr::Unix(sock.clone()),
+            format!("unix:{}", sock.display()),
+        )
+    };
+    let pyfpm = env.start(&[Pool::new("www", app).listen(&listen).children(2)], &addr);
+    let nginx = start_nginx(&env, &pass, keepalive);
+    Stack {
+        nginx,
+        pyfpm,
+        env,
+        pass,
+    }
+}
+
+impl Stack {
+    fn get(&self, target: &str) -> http::Full {
+        http::request(self.nginx.port, "GET", target, &[], b"")
+    }
+
+    fn context(&self) -> String {
+        format!(
+            "nginx error log:\n{}\npyfpm log:\n{}",
+            self.nginx.error_log(),
+            self.pyfpm.log_text()
+        )
+    }
+}
+
+fn env_str<'a>(v: &'a serde_json::Value, key: &str) -> Option<&'a str> {
+    v["environ"][key].as_str()
+}
+
+#[test]
+fn get_with_query_string() {
+    let s = stack("echo:application", false, false);
+    let r = s.get("/hello/world?a=1&b=%20x");
+    assert_eq!(r.status, 200, "{}", s.context());
+    let v = r.json();
+    assert_eq!(env_str(&v, "QUERY_STRING"), Some("a=1&b=%20x"));
+    assert_eq!(env_str(&v, "REQUEST_METHOD"), Some("GET"));
+    assert_eq!(env_str(&v, "SCRIPT_NAME"), Some(""));
+    assert_eq!(env_str(&v, "PATH_INFO"), Some("/hello/world"));
+    assert_eq!(env_str(&v, "SERVER_NAME"), Some("localhost"));
+    assert_eq!(
+        env_str(&v, "SERVER_PORT"),
+        Some(s.nginx.port.to_string().as_str())
+    );
+    assert_eq!(env_str(&v, "HTTP_HOST"), Some("localhost"));
+    assert_eq!(env_str(&v, "FCGI_ROLE"), Some("RESPONDER"));
+    assert_eq!(v["wsgi"]["url_scheme"], "http");
+}
+
+#[test]
+fn post_bodies_from_0_bytes_to_8_mib() {
+    let s = stack("echo:application", false, false);
+    for (i, size) in [0usize, 1, 1000, 64 * 1024 + 1, 1024 * 1024, 8 * 1024 * 1024]
+        .into_iter()
+        .enumerate()
+    {
+        let body = test_bytes(size, 100 + i as u64);
+        let r = http::request(
+            s.nginx.port,
+            "POST",
+            "/upload",
+            &[("Content-Type", "application/octet-stream")],
+            &body,
+        );
+        assert_eq!(r.status, 200, "size {size}: {}", s.context());
+        let v = r.json();
+        assert_eq!(v["body_len"], size as u64, "size {size}");
+        assert_eq!(v["body_crc32"], crc32(&body) as u64, "size {size}");
+    }
+}
+
+#[test]
+fn non_ascii_path_reaches_the_app_decoded() {
+    let s = stack("echo:application", false, false);
+    let r = s.get("/caf%C3%A9/%E2%82%AC%20x?q=%C3%A9");
+    assert_eq!(r.status, 200, "{}", s.context());
+    let v = r.json();
+    assert_eq!(v["path_info_utf8"], "/café/€ x");
+    assert_eq!(env_str(&v, "SCRIPT_NAME"), Some(""));
+    assert_eq!(env_str(&v, "QUERY_STRING"), Some("q=%C3%A9"));
+}
+
+#[test]
+fn duplicate_request_headers_reach_the_app() {
+    let s = stack("echo:application", false, false);
+    let r = http::request(
+        s.nginx.port,
+        "GET",
+        "/",
+        &[("X-Dup", "a"), ("X-Dup", "b"), ("Proxy", "http://evil:1")],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", s.context());
+    let v = r.json();
+    let dup = env_str(&v, "HTTP_X_DUP").expect("HTTP_X_DUP");
+    let parts: Vec<&str> = dup.split(',').map(str::trim).collect();
+    assert_eq!(parts, ["a", "b"], "HTTP_X_DUP={dup:?}");
+    assert_eq!(env_str(&v, "HTTP_PROXY"), None, "httpoxy");
+}
+
+#[test]
+fn multiple_set_cookie_headers() {
+    let s = stack("echo:application", false, false);
+    let r = s.get("/?cookies=3&header=X-Multi:1&header=X-Multi:2");
+    assert_eq!(r.status, 200, "{}", s.context());
+    assert_eq!(
+        r.all("Set-Cookie"),
+        ["c0=v0; Path=/", "c1=v1; Path=/", "c2=v2; Path=/"]
+    );
+    assert_eq!(r.all("X-Multi"), ["1", "2"]);
+}
+
+#[test]
+fn status_codes_204_404_418_500() {
+    let s = stack("echo:application", false, false);
+    for code in [204u16, 404, 418, 500] {
+        let r = s.get(&format!("/?status={code}"));
+        assert_eq!(r.status, code, "{}", s.context());
+        if code == 204 {
+            assert!(r.body.is_empty());
+        } else {
+            assert_eq!(r.json()["body_len"], 0, "the app's own body for {code}");
+        }
+    }
+}
+
+#[test]
+fn app_exception_is_a_500() {
+    let s = stack("errors:application", false, false);
+    let r = s.get("/raise");
+    assert_eq!(r.status, 500, "{}", s.context());
+    let r = s.get("/");
+    assert_eq!(r.status, 200, "served after the exception: {}", s.context());
+}
+
+#[test]
+fn streamed_response_arrives_before_the_app_finishes() {
+    let s = stack("stream:application", false, false);
+    let gate = s.env.file("gate");
+    let mut resp = http::send(
+        s.nginx.port,
+        "GET",
+        &format!("/?gate={}", gate.display()),
+        &[],
+        b"",
+    );
+    assert_eq!(resp.status, 200, "{}", s.context());
+    // The app waits for the gate after its first chunk: it only gets here if pyfpm and
+    // nginx pass the first chunk on at once.
+    let mut body = Vec::new();
+    while !String::from_utf8_lossy(&body).contains("first;") {
+        match resp.next_piece() {
+            Some(p) => body.extend_from_slice(&p),
+            None => panic!("body ended before the first chunk"),
+        }
+    }
+    std::fs::write(&gate, b"go").unwrap();
+    let rest = resp.finish();
+    body.extend_from_slice(&rest.body);
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "first;chunk1;chunk2;chunk3;"
+    );
+}
+
+#[test]
+fn head_has_no_body() {
+    let s = stack("echo:application", false, false);
+    let r = http::request(s.nginx.port, "HEAD", "/", &[], b"");
+    assert_eq!(r.status, 200, "{}", s.context());
+    assert!(
+        r.body.is_empty() && r.trailing == 0,
+        "HEAD answered with a body"
+    );
+    assert_eq!(r.header("Content-Type"), Some("application/json"));
+}
+
+#[test]
+fn keepalive_upstream_serves_50_sequential_requests() {
+    let s = stack("echo:application", false, true);
+    for i in 0..50 {
+        let body = test_bytes(i * 37, i as u64);
+        let r = http::request(s.nginx.port, "POST", &format!("/k/{i}?n={i}"), &[], &body);
+        assert_eq!(r.status, 200, "request {i}: {}", s.context());
+        let v = r.json();
+        assert_eq!(env_str(&v, "PATH_INFO"), Some(format!("/k/{i}").as_str()));
+        assert_eq!(v["body_crc32"], crc32(&body) as u64, "request {i}");
+    }
+    let log = s.nginx.error_log();
+    assert!(
+        !log.contains("[error]") && !log.contains("[crit]"),
+        "nginx logged errors:\n{log}"
+    );
+}
+
+/// Established server-side TCP connections on local `port` (from /proc/net/tcp{,6}).
+fn established_on(port: u16) -> usize {
+    let port_hex = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| t.lines().skip(1).map(str::to_string).collect::<Vec<_>>())
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&port_hex) && f[3] == "01"
+        })
+        .count()
+}
+
+fn pyfpm_port(s: &Stack) -> u16 {
+    s.pass
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a TCP stack")
+}
+
+#[test]
+fn tcp_listen_variant() {
+    let s = stack("echo:application", true, false);
+    let r = s.get("/tcp?x=1");
+    assert_eq!(r.status, 200, "{}", s.context());
+    assert_eq!(env_str(&r.json(), "PATH_INFO"), Some("/tcp"));
+    let body = test_bytes(300_000, 5);
+    let r = http::request(s.nginx.port, "POST", "/tcp", &[], &body);
+    assert_eq!(r.status, 200, "{}", s.context());
+    assert_eq!(r.json()["body_crc32"], crc32(&body) as u64);
+    let r = s.get("/?cookies=2&status=418");
+    assert_eq!(r.status, 418);
+    assert_eq!(r.all("Set-Cookie").len(), 2);
+    // Without fastcgi_keep_conn nginx sends no FCGI_KEEP_CONN: pyfpm closes each
+    // connection after its request.
+    let port = pyfpm_port(&s);
+    assert!(
+        wait_until(Duration::from_secs(10), || established_on(port) == 0),
+        "connections to pyfpm stay open without FCGI_KEEP_CONN"
+    );
+}
+
+#[test]
+fn tcp_listen_with_keepalive_upstream() {
+    let s = stack("echo:application", true, true);
+    for i in 0..20 {
+        let r = s.get(&format!("/t/{i}"));
+        assert_eq!(r.status, 200, "request {i}: {}", s.context());
+    }
+    // The upstream connection nginx keeps for reuse is still open on pyfpm's side.
+    let open = established_on(pyfpm_port(&s));
+    assert!(
+        (1..=2).contains(&open),
+        "{open} established connections to pyfpm after 20 kept-alive requests"
+    );
+}
+
+#[test]
+fn large_streamed_response_arrives_intact() {
+    let s = stack("stream:application", false, false);
+    let n = 8 * 1024 * 1024 + 3;
+    let r = s.get(&format!("/?big={n}"));
+    assert_eq!(r.status, 200, "{}", s.context());
+    assert_eq!(r.body.len(), n);
+    let want: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+    assert!(r.body == want, "body corrupted");
+}
+
+#[test]
+fn response_failing_mid_body_is_not_delivered_as_complete() {
+    // The app raises after two chunks: the client must see a broken transfer, not a
+    // short body that looks whole.
+    let s = stack("stream:application", false, false);
+    let mut resp = http::send(s.nginx.port, "GET", "/?fail_at=2", &[], b"");
+    assert_eq!(resp.status, 200, "{}", s.context());
+    let mut body = Vec::new();
+    let outcome = loop {
+        match resp.try_next_piece() {
+            Ok(Some(p)) => body.extend_from_slice(&p),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(
+        outcome.is_err(),
+        "the truncated body {:?} arrived as a complete response; {}",
+        String::from_utf8_lossy(&body),
+        s.context()
+    );
+    assert!(!String::from_utf8_lossy(&body).contains("chunk2"));
+    assert_eq!(
+        s.get("/?chunks=1").body,
+        b"first;chunk1;",
+        "served afterwards"
+    );
+}

@@ -1,0 +1,889 @@
+//! Worker behaviour on the wire: the real `pyfpm` binary serving the apps in tests/apps,
+//! driven by a FastCGI client that sends what nginx sends, over a Unix socket and TCP.
+
+mod common;
+
+use bytes::BytesMut;
+use common::fcgi::{self, Addr, Conn, Request};
+use common::{Pool, Pyfpm, TestEnv, crc32, free_port, latin1, test_bytes};
+use fastcgi::{
+    ClientEvent, ProtocolStatus, RecordType, Role, encode_begin_request, encode_end_of_stream,
+    encode_get_values, encode_record, encode_stream, values,
+};
+use serde_json::Value;
+use std::time::Duration;
+
+/// A pyfpm serving one pool on a Unix socket and a loopback TCP port.
+struct Server {
+    // Field order matters: the process stops before its directory is removed.
+    pyfpm: Pyfpm,
+    addrs: Vec<Addr>,
+    env: TestEnv,
+}
+
+fn serve_with(app: &str, children: u32, extra: &[&str]) -> Server {
+    let env = TestEnv::new();
+    let sock = env.file("www.sock");
+    let port = free_port();
+    let mut pool = Pool::new("www", app)
+        .listen(&sock.display().to_string())
+        .listen(&format!("127.0.0.1:{port}"))
+        .children(children);
+    for e in extra {
+        pool = pool.with(e);
+    }
+    let unix = Addr::Unix(sock);
+    let tcp = Addr::Tcp(format!("127.0.0.1:{port}").parse().unwrap());
+    let mut pyfpm = env.start(&[pool], &unix);
+    pyfpm.wait_serving(&tcp);
+    Server {
+        pyfpm,
+        addrs: vec![unix, tcp],
+        env,
+    }
+}
+
+fn serve(app: &str) -> Server {
+    serve_with(app, 1, &[])
+}
+
+fn environ(v: &Value) -> &serde_json::Map<String, Value> {
+    v["environ"].as_object().expect("environ object")
+}
+
+fn env_str<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    environ(v).get(key).and_then(Value::as_str)
+}
+
+#[test]
+fn get_with_query_string_and_pep3333_environ() {
+    let s = serve("echo:application");
+    for addr in &s.addrs {
+        let r = fcgi::request(addr, &Request::get("/hello/world?a=1&b=%20x&c"));
+        assert_eq!(r.status, 200, "{addr}");
+        assert_eq!(r.header("Content-Type"), Some("application/json"));
+        let v = r.json();
+        assert_eq!(env_str(&v, "QUERY_STRING"), Some("a=1&b=%20x&c"));
+        assert_eq!(env_str(&v, "REQUEST_METHOD"), Some("GET"));
+        assert_eq!(env_str(&v, "SERVER_NAME"), Some("localhost"));
+        assert_eq!(env_str(&v, "SERVER_PORT"), Some("80"));
+        assert_eq!(env_str(&v, "SERVER_PROTOCOL"), Some("HTTP/1.1"));
+        assert_eq!(env_str(&v, "REMOTE_ADDR"), Some("127.0.0.1"));
+        assert_eq!(env_str(&v, "HTTP_HOST"), Some("localhost"));
+        assert_eq!(
+            env_str(&v, "REQUEST_URI"),
+            Some("/hello/world?a=1&b=%20x&c")
+        );
+        assert_eq!(v["wsgi"]["version"], serde_json::json!([1, 0]));
+        assert_eq!(v["wsgi"]["url_scheme"], "http");
+        assert_eq!(v["wsgi"]["multiprocess"], true);
+        assert_eq!(v["wsgi"]["multithread"], false);
+        assert_eq!(v["wsgi"]["run_once"], false);
+        assert_eq!(
+            v["wsgi"]["input_has"],
+            serde_json::json!(["read", "readline", "readlines", "__iter__"])
+        );
+        assert_eq!(
+            v["wsgi"]["errors_has"],
+            serde_json::json!(["write", "writelines", "flush"])
+        );
+        assert_eq!(v["wsgi"]["file_wrapper"], true);
+        // PEP 3333: the CGI keys are native strings, never bytes.
+        let non_str: Vec<&str> = v["non_str"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap())
+            .collect();
+        assert!(
+            non_str.iter().all(|k| k.contains('.')),
+            "non-str environ values outside wsgi.*: {non_str:?}"
+        );
+    }
+}
+
+#[test]
+fn fcgi_role_is_set_from_begin_request() {
+    let s = serve("echo:application");
+    for addr in &s.addrs {
+        let v = fcgi::request(addr, &Request::get("/")).json();
+        assert_eq!(env_str(&v, "FCGI_ROLE"), Some("RESPONDER"), "{addr}");
+    }
+}
+
+#[test]
+fn post_bodies_of_every_size_arrive_intact() {
+    let s = serve("echo:application");
+    for addr in &s.addrs {
+        for (i, size) in [0usize, 1, 64 * 1024 + 1, 8 * 1024 * 1024]
+            .into_iter()
+            .enumerate()
+        {
+            let body = test_bytes(size, i as u64 + 7);
+            let r = fcgi::request(addr, &Request::post("/upload", body.clone()));
+            assert_eq!(r.status, 200, "{addr} size {size}");
+            let v = r.json();
+            assert_eq!(v["body_len"], size as u64, "{addr} size {size}");
+            assert_eq!(v["body_crc32"], crc32(&body) as u64, "{addr} size {size}");
+            assert_eq!(env_str(&v, "REQUEST_METHOD"), Some("POST"));
+            if size > 0 {
+                assert_eq!(
+                    env_str(&v, "CONTENT_LENGTH"),
+                    Some(size.to_string().as_str())
+                );
+                assert_eq!(
+                    env_str(&v, "CONTENT_TYPE"),
+                    Some("application/octet-stream")
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn body_without_content_length_is_read_to_end_of_stdin() {
+    let s = serve("echo:application");
+    let body = test_bytes(100_000, 3);
+    for addr in &s.addrs {
+        // No CONTENT_LENGTH at all (how Apache relays a chunked upload), in small records.
+        let mut req = Request::post("/chunked", body.clone());
+        req.content_length = Some(false);
+        req.stdin_chunk = 1000;
+        let v = fcgi::request(addr, &req).json();
+        assert_eq!(
+            v["body_len"],
+            body.len() as u64,
+            "{addr}: no CONTENT_LENGTH"
+        );
+        assert_eq!(v["body_crc32"], crc32(&body) as u64, "{addr}");
+
+        // An empty CONTENT_LENGTH (nginx's `$content_length` when the client sent none).
+        let mut req = Request::post("/chunked", body.clone()).param("CONTENT_LENGTH", b"");
+        req.content_length = Some(false);
+        let v = fcgi::request(addr, &req).json();
+        assert_eq!(
+            v["body_len"],
+            body.len() as u64,
+            "{addr}: empty CONTENT_LENGTH"
+        );
+        assert_eq!(v["body_crc32"], crc32(&body) as u64, "{addr}");
+    }
+}
+
+#[test]
+fn wsgi_input_readline_readlines_and_iteration() {
+    let s = serve("lines:application");
+    let body = b"one\ntwo\n\nthree".to_vec();
+    let lines = ["one\n", "two\n", "\n", "three"];
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("readline", lines.to_vec()),
+        ("iter", lines.to_vec()),
+        ("readlines", lines.to_vec()),
+        ("sized", vec!["one\n", "two\n", "\n", "thre", "e"]),
+        ("mixed", vec!["one", "\n", "two\n\nthree", ""]),
+    ];
+    for addr in &s.addrs {
+        for (mode, want) in &cases {
+            // Tiny STDIN records: lines straddle record boundaries.
+            let mut req = Request::post(&format!("/lines?mode={mode}"), body.clone());
+            req.stdin_chunk = 3;
+            let v = fcgi::request(addr, &req).json();
+            let got: Vec<&str> = v["pieces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_str().unwrap())
+                .collect();
+            assert_eq!(&got, want, "{addr} mode {mode}");
+            assert_eq!(
+                v["types"],
+                serde_json::json!(["bytes"]),
+                "{addr} mode {mode}"
+            );
+        }
+    }
+}
+
+#[test]
+fn non_ascii_path_arrives_latin1_decoded() {
+    let s = serve("echo:application");
+    let raw: &[u8] = "/café/€ x".as_bytes();
+    for addr in &s.addrs {
+        let mut req = Request::get("/");
+        req.path = raw.to_vec();
+        let v = fcgi::request(addr, &req).json();
+        let path_info = env_str(&v, "PATH_INFO").unwrap();
+        // One code point per byte of the UTF-8 path, as PEP 3333 requires.
+        assert_eq!(path_info, latin1(raw), "{addr}");
+        assert_eq!(
+            path_info.chars().map(|c| c as u32).collect::<Vec<_>>(),
+            raw.iter().map(|&b| b as u32).collect::<Vec<_>>()
+        );
+        assert_eq!(v["path_info_utf8"], "/café/€ x");
+        assert_eq!(env_str(&v, "SCRIPT_NAME"), Some(""));
+        assert_eq!(
+            env_str(&v, "REQUEST_URI"),
+            Some("/caf%C3%A9/%E2%82%AC%20x"),
+            "REQUEST_URI is passed through as sent"
+        );
+    }
+}
+
+#[test]
+fn stock_params_give_empty_script_name_and_full_path_info() {
+    let s = serve("echo:application");
+    for addr in &s.addrs {
+        for path in ["/", "/a", "/a/b/c.txt", "/index.php/x"] {
+            let v = fcgi::request(addr, &Request::get(path)).json();
+            assert_eq!(env_str(&v, "SCRIPT_NAME"), Some(""), "{addr} {path}");
+            assert_eq!(env_str(&v, "PATH_INFO"), Some(path), "{addr} {path}");
+        }
+    }
+}
+
+#[test]
+fn mount_prefix_splits_script_name_and_path_info() {
+    let s = serve_with("echo:application", 1, &["mount: \"/app\""]);
+    for addr in &s.addrs {
+        for (path, sn, pi) in [
+            ("/app/x/y", "/app", "/x/y"),
+            ("/app/", "/app", "/"),
+            ("/app", "/app", ""),
+        ] {
+            let v = fcgi::request(addr, &Request::get(path)).json();
+            assert_eq!(env_str(&v, "SCRIPT_NAME"), Some(sn), "{addr} {path}");
+            assert_eq!(env_str(&v, "PATH_INFO"), Some(pi), "{addr} {path}");
+        }
+    }
+}
+
+#[test]
+fn http_proxy_header_is_dropped() {
+    let s = serve("echo:application");
+    for addr in &s.addrs {
+        let req = Request::get("/")
+            .header("Proxy", "http://evil.example:8080")
+            .header("X-Other", "kept");
+        let v = fcgi::request(addr, &req).json();
+        assert_eq!(env_str(&v, "HTTP_PROXY"), None, "{addr}: httpoxy");
+        assert_eq!(env_str(&v, "HTTP_X_OTHER"), Some("kept"));
+    }
+}
+
+#[test]
+fn url_scheme_follows_https_and_request_scheme() {
+    let s = serve("echo:application");
+    for addr in &s.addrs {
+        let v = fcgi::request(addr, &Request::get("/").param("HTTPS", b"on")).json();
+        assert_eq!(v["wsgi"]["url_scheme"], "https", "{addr}: HTTPS=on");
+        let mut req = Request::get("/");
+        req.extra_params
+            .push((b"REQUEST_SCHEME".to_vec(), b"https".to_vec()));
+        let v = fcgi::request(addr, &req).json();
+        assert_eq!(
+            v["wsgi"]["url_scheme"], "https",
+            "{addr}: REQUEST_SCHEME=https"
+        );
+        let v = fcgi::request(addr, &Request::get("/")).json();
+        assert_eq!(v["wsgi"]["url_scheme"], "http", "{addr}: plain");
+    }
+}
+
+#[test]
+fn duplicate_request_headers_are_combined() {
+    // nginx before 1.23 (Debian bookworm ships 1.22) sends a repeated header as repeated
+    // HTTP_* params; the app must see both values, in order.
+    let s = serve("echo:application");
+    for addr in &s.addrs {
+        let req = Request::get("/").header("X-Dup", "a").header("X-Dup", "b");
+        let v = fcgi::request(addr, &req).json();
+        let dup = env_str(&v, "HTTP_X_DUP").expect("HTTP_X_DUP present");
+        let parts: Vec<&str> = dup.split(',').map(str::trim).collect();
+        assert_eq!(parts, ["a", "b"], "{addr}: HTTP_X_DUP={dup:?}");
+    }
+}
+
+#[test]
+fn duplicate_response_headers_and_set_cookies_keep_their_order() {
+    let s = serve("echo:application");
+    for addr in &s.addrs {
+        let r = fcgi::request(
+            addr,
+            &Request::get("/?header=X-Multi:1&header=X-Multi:2&cookies=3"),
+        );
+        assert_eq!(r.all("X-Multi"), ["1", "2"], "{addr}");
+        assert_eq!(
+            r.all("Set-Cookie"),
+            ["c0=v0; Path=/", "c1=v1; Path=/", "c2=v2; Path=/"],
+            "{addr}"
+        );
+    }
+}
+
+#[test]
+fn arbitrary_status_codes_pass_through() {
+    let s = serve("echo:application");
+    for addr in &s.addrs {
+        for code in [204u16, 404, 418, 599] {
+            let r = fcgi::request(addr, &Request::get(&format!("/?status={code}")));
+            assert_eq!(r.status, code, "{addr}");
+            if code == 204 {
+                assert!(r.body.is_empty(), "204 with a body");
+            } else {
+                assert_eq!(r.json()["body_len"], 0);
+            }
+        }
+        let r = fcgi::request(addr, &Request::get("/?status=418"));
+        assert_eq!(r.reason, "I'm a teapot");
+    }
+}
+
+#[test]
+fn streamed_response_is_sent_before_the_app_finishes() {
+    let s = serve("stream:application");
+    for (i, addr) in s.addrs.iter().enumerate() {
+        let gate = s.env.file(&format!("gate{i}"));
+        let mut c = Conn::connect(addr).unwrap();
+        let req = Request::get(&format!("/?gate={}", gate.display()));
+        c.send(&req.encode()).unwrap();
+        // The app blocks after its first chunk until the gate exists: the first chunk can
+        // only arrive here if the worker streams instead of buffering the body.
+        let mut stdout = Vec::new();
+        while !String::from_utf8_lossy(&stdout).contains("first;") {
+            match c.next_event().unwrap() {
+                Some(ClientEvent::Stdout { data, .. }) => {
+                    assert!(!data.is_empty(), "STDOUT ended before the first chunk");
+                    stdout.extend_from_slice(&data)
+                }
+                Some(ClientEvent::Stderr { .. }) => {}
+                other => panic!("{addr}: expected the first chunk, got {other:?}"),
+            }
+        }
+        std::fs::write(&gate, b"go").unwrap();
+        let rest = c.read_response(1).unwrap();
+        assert!(rest.completed(), "{addr}");
+        stdout.extend_from_slice(&rest.stdout);
+        let cgi = fcgi::CgiResponse::parse(&stdout).unwrap();
+        assert_eq!(cgi.status, 200);
+        assert_eq!(
+            String::from_utf8_lossy(&cgi.body),
+            "first;chunk1;chunk2;chunk3;",
+            "{addr}"
+        );
+    }
+}
+
+#[test]
+fn head_response_has_no_body() {
+    let s = serve("echo:application");
+    for addr in &s.addrs {
+        let r = fcgi::request(addr, &Request::get("/").method("HEAD"));
+        assert_eq!(r.status, 200, "{addr}");
+        assert_eq!(r.header("Content-Type"), Some("application/json"));
+        assert!(
+            r.body.is_empty(),
+            "{addr}: HEAD body {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+}
+
+fn pid_of(addr: &Addr) -> String {
+    let r = fcgi::request(addr, &Request::get("/"));
+    assert_eq!(r.status, 200);
+    r.header("X-Pid").expect("X-Pid header").to_string()
+}
+
+#[test]
+fn app_exception_gives_500_and_the_worker_keeps_serving() {
+    let s = serve("errors:application");
+    for addr in &s.addrs {
+        let before = pid_of(addr);
+        let r = fcgi::request(addr, &Request::get("/raise"));
+        assert_eq!(r.status, 500, "{addr}");
+        assert!(
+            !String::from_utf8_lossy(&r.body).contains("pyfpm-test-exception-marker"),
+            "the traceback must not leak to the client"
+        );
+        // A new connection is served by the same (surviving) worker.
+        assert_eq!(pid_of(addr), before, "{addr}: the worker was replaced");
+    }
+    s.pyfpm
+        .wait_log("pyfpm-test-exception-marker", Duration::from_secs(10));
+}
+
+#[test]
+fn bad_status_non_bytes_body_and_double_start_response_give_500() {
+    let s = serve("errors:application");
+    for addr in &s.addrs {
+        let before = pid_of(addr);
+        for path in ["/bad-status", "/non-bytes", "/twice"] {
+            let r = fcgi::request(addr, &Request::get(path));
+            assert_eq!(r.status, 500, "{addr} {path}");
+            assert!(
+                !String::from_utf8_lossy(&r.body).contains("should not be sent"),
+                "{addr} {path}"
+            );
+        }
+        assert_eq!(pid_of(addr), before, "{addr}: the worker was replaced");
+    }
+}
+
+#[test]
+fn headers_after_body_cut_the_response_and_the_worker_survives() {
+    // The first chunk is already on the wire when the app calls start_response again, so
+    // no 500 is possible: the response must end without the rest, and serving goes on.
+    let s = serve("errors:application");
+    for addr in &s.addrs {
+        let before = pid_of(addr);
+        let r = fcgi::request_raw(addr, &Request::get("/headers-after-body"));
+        let out = String::from_utf8_lossy(&r.stdout).into_owned();
+        // A truncated body must not be passed off as a complete response.
+        assert!(
+            !r.completed(),
+            "{addr}: truncated response ended normally: {out:?}"
+        );
+        assert!(!out.contains("should not be sent"), "{addr}: {out:?}");
+        assert!(!out.contains("X-Late"), "{addr}: {out:?}");
+        assert_eq!(pid_of(addr), before, "{addr}: the worker was replaced");
+    }
+}
+
+#[test]
+fn write_callable_and_exc_info_replacement() {
+    let s = serve("errors:application");
+    for addr in &s.addrs {
+        let r = fcgi::request(addr, &Request::get("/write"));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"hello world", "{addr}");
+        let r = fcgi::request(addr, &Request::get("/replace"));
+        assert_eq!(r.status, 503, "{addr}: exc_info may replace unsent headers");
+        assert_eq!(r.body, b"replaced");
+    }
+}
+
+fn wait_marker(path: &std::path::Path, what: &str) {
+    assert!(
+        common::wait_until(Duration::from_secs(15), || path.exists()),
+        "close() was not called on the result iterable ({what})"
+    );
+}
+
+#[test]
+fn close_is_always_called_on_the_result() {
+    let s = serve("stream:application");
+    for (i, addr) in s.addrs.iter().enumerate() {
+        // Normal completion.
+        let m = s.env.file(&format!("m-ok-{i}"));
+        let r = fcgi::request(addr, &Request::get(&format!("/?marker={}", m.display())));
+        assert_eq!(r.body, b"first;chunk1;chunk2;chunk3;");
+        wait_marker(&m, "normal completion");
+
+        // The iterable raises half-way.
+        let m = s.env.file(&format!("m-fail-{i}"));
+        let r = fcgi::request_raw(
+            addr,
+            &Request::get(&format!("/?fail_at=2&marker={}", m.display())),
+        );
+        assert!(!String::from_utf8_lossy(&r.stdout).contains("chunk2"));
+        assert!(!r.completed(), "{addr}: truncated response ended normally");
+        wait_marker(&m, "exception during iteration");
+
+        // The client goes away mid-response.
+        let m = s.env.file(&format!("m-gone-{i}"));
+        let gate = s.env.file(&format!("g-gone-{i}"));
+        let mut c = Conn::connect(addr).unwrap();
+        c.send(
+            &Request::get(&format!(
+                "/?chunks=50&gate={}&marker={}",
+                gate.display(),
+                m.display()
+            ))
+            .encode(),
+        )
+        .unwrap();
+        match c.next_event().unwrap() {
+            Some(ClientEvent::Stdout { .. }) => {}
+            other => panic!("expected STDOUT, got {other:?}"),
+        }
+        drop(c);
+        std::fs::write(&gate, b"go").unwrap();
+        wait_marker(&m, "client disconnected");
+
+        // And the worker still serves.
+        let r = fcgi::request(addr, &Request::get("/?chunks=1"));
+        assert_eq!(r.body, b"first;chunk1;");
+    }
+}
+
+#[test]
+fn keep_conn_serves_several_requests_on_one_connection() {
+    let s = serve("echo:application");
+    for addr in &s.addrs {
+        let mut c = Conn::connect(addr).unwrap();
+        for n in 0..3 {
+            let req = Request::post(&format!("/k{n}"), vec![b'x'; n * 100]).keep_conn(true);
+            let r = c.request(&req).unwrap();
+            assert!(r.completed(), "{addr}: request {n} on the kept connection");
+            let v = r.cgi().json();
+            assert_eq!(env_str(&v, "PATH_INFO"), Some(format!("/k{n}").as_str()));
+            assert_eq!(v["body_len"], (n * 100) as u64);
+        }
+        // The last one without the flag: the server closes after END_REQUEST.
+        let r = c.request(&Request::get("/last")).unwrap();
+        assert!(r.completed());
+        c.expect_closed(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{addr}: without FCGI_KEEP_CONN: {e}"));
+    }
+}
+
+#[test]
+fn without_keep_conn_the_server_closes_after_end_request() {
+    let s = serve("echo:application");
+    for addr in &s.addrs {
+        let mut c = Conn::connect(addr).unwrap();
+        let r = c.request(&Request::get("/once")).unwrap();
+        assert!(r.completed(), "{addr}");
+        let extra = c
+            .expect_closed(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{addr}: {e}"));
+        assert!(extra.is_empty(), "{addr}: bytes after END_REQUEST");
+    }
+}
+
+#[test]
+fn get_values_is_answered_truthfully() {
+    let s = serve_with("echo:application", 2, &[]);
+    for addr in &s.addrs {
+        let mut c = Conn::connect(addr).unwrap();
+        let mut out = BytesMut::new();
+        encode_get_values(
+            &mut out,
+            [
+                values::FCGI_MAX_CONNS,
+                values::FCGI_MAX_REQS,
+                values::FCGI_MPXS_CONNS,
+            ],
+        );
+        c.send(&out).unwrap();
+        match c.next_event().unwrap() {
+            Some(ClientEvent::GetValuesResult { values: v }) => {
+                let get = |n: &[u8]| {
+                    v.iter()
+                        .find(|(k, _)| k.as_ref() == n)
+                        .map(|(_, x)| String::from_utf8_lossy(x).into_owned())
+                };
+                assert_eq!(get(values::FCGI_MPXS_CONNS).as_deref(), Some("0"), "{addr}");
+                assert_eq!(get(values::FCGI_MAX_CONNS).as_deref(), Some("2"), "{addr}");
+                assert_eq!(get(values::FCGI_MAX_REQS).as_deref(), Some("2"), "{addr}");
+            }
+            other => panic!("{addr}: expected GET_VALUES_RESULT, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn unknown_record_type_is_answered_and_the_connection_still_serves() {
+    let s = serve("echo:application");
+    for addr in &s.addrs {
+        let mut c = Conn::connect(addr).unwrap();
+        let mut out = BytesMut::new();
+        encode_record(&mut out, RecordType::Other(42), 0, &[0u8; 8]);
+        c.send(&out).unwrap();
+        match c.next_event().unwrap() {
+            Some(ClientEvent::UnknownType { record_type }) => assert_eq!(record_type, 42),
+            other => panic!("{addr}: expected UNKNOWN_TYPE, got {other:?}"),
+        }
+        let r = c.request(&Request::get("/after-unknown")).unwrap();
+        assert!(r.completed(), "{addr}");
+        assert_eq!(r.cgi().status, 200);
+    }
+}
+
+#[test]
+fn unknown_role_is_refused_with_unknown_role() {
+    let s = serve("echo:application");
+    for addr in &s.addrs {
+        let mut req = Request::get("/");
+        req.role = Role::Other(99);
+        let r = fcgi::request_raw(addr, &req);
+        assert_eq!(
+            r.protocol_status,
+            Some(ProtocolStatus::UnknownRole),
+            "{addr}: stdout {:?}",
+            String::from_utf8_lossy(&r.stdout)
+        );
+        assert!(r.stdout.is_empty(), "{addr}: the app must not run");
+        assert_eq!(fcgi::request(addr, &Request::get("/")).status, 200);
+    }
+}
+
+/// Send `bad`, expect the server to close the connection, then check the same worker
+/// (max_children 1) still serves a good request.
+fn assert_rejected_and_worker_survives(s: &Server, what: &str, bad: &[u8], half_close: bool) {
+    // half_close: close our sending side after the bytes, like a client that goes away.
+    for addr in &s.addrs {
+        let pid = fcgi::request(addr, &Request::get("/")).json()["pid"].clone();
+        let mut c = Conn::connect(addr).unwrap();
+        // From a thread: a server that stops reading must not block the test. The
+        // thread is left to end with the connection.
+        let writer = c.send_bg(bad.to_vec());
+        if half_close {
+            let _ = writer.join();
+            c.shutdown_write();
+        }
+        let got = c
+            .expect_closed(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{addr}: {what}: {e}"));
+        assert!(
+            // The echo JSON's key: the app must not have run.
+            !String::from_utf8_lossy(&got).contains("\"environ\""),
+            "{addr}: {what}: the bad request was served"
+        );
+        let after = fcgi::request(addr, &Request::get("/")).json()["pid"].clone();
+        assert_eq!(after, pid, "{addr}: {what}: the worker did not survive");
+    }
+}
+
+#[test]
+fn malformed_random_garbage_closes_the_connection() {
+    let s = serve("echo:application");
+    let mut junk = test_bytes(512, 99);
+    junk[0] = 0x47; // never version 1
+    assert_rejected_and_worker_survives(&s, "garbage", &junk, false);
+    assert_rejected_and_worker_survives(&s, "an HTTP request", b"GET / HTTP/1.1\r\n\r\n", false);
+}
+
+#[test]
+fn malformed_wrong_version_closes_the_connection() {
+    let s = serve("echo:application");
+    let mut bytes = Request::get("/").encode();
+    bytes[0] = 2;
+    assert_rejected_and_worker_survives(&s, "version 2", &bytes, false);
+}
+
+#[test]
+fn malformed_truncated_record_then_close() {
+    let s = serve("echo:application");
+    let full = Request::get("/").encode();
+    // BEGIN_REQUEST (16 bytes) plus part of the PARAMS record.
+    assert_rejected_and_worker_survives(&s, "truncated record", &full[..16 + 13], true);
+    // Only half a header.
+    assert_rejected_and_worker_survives(&s, "half a header", &full[..4], true);
+}
+
+#[test]
+fn malformed_lying_name_value_lengths() {
+    let s = serve("echo:application");
+    let mut out = BytesMut::new();
+    encode_begin_request(&mut out, 1, Role::Responder, false);
+    // A pair claiming a 4-byte name length of 200 and a value of 100 bytes, with only a
+    // few bytes behind it, then the end of the PARAMS stream.
+    let mut lie = vec![0x80, 0, 0, 200, 100];
+    lie.extend_from_slice(b"SHORT");
+    encode_stream(&mut out, RecordType::Params, 1, &lie);
+    encode_end_of_stream(&mut out, RecordType::Params, 1);
+    encode_end_of_stream(&mut out, RecordType::Stdin, 1);
+    assert_rejected_and_worker_survives(&s, "lying lengths", &out, false);
+}
+
+#[test]
+fn params_over_request_params_max_are_refused() {
+    let s = serve_with("echo:application", 1, &["request_params_max: 64K"]);
+    // Under the limit: served.
+    for addr in &s.addrs {
+        let req = Request::get("/").header("X-Big", &"a".repeat(30 * 1024));
+        let v = fcgi::request(addr, &req).json();
+        assert_eq!(env_str(&v, "HTTP_X_BIG").map(str::len), Some(30 * 1024));
+    }
+    let huge = Request::get("/")
+        .header("X-Huge", &"b".repeat(200 * 1024))
+        .encode();
+    assert_rejected_and_worker_survives(&s, "params over the limit", &huge, false);
+}
+
+#[test]
+fn wsgi_errors_arrive_as_fcgi_stderr() {
+    let s = serve("echo:application");
+    for addr in &s.addrs {
+        let r = fcgi::request_raw(addr, &Request::get("/?stderr=pyfpm-stderr-marker"));
+        assert!(r.completed());
+        assert!(
+            String::from_utf8_lossy(&r.stderr).contains("pyfpm-stderr-marker"),
+            "{addr}: FCGI_STDERR was {:?}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert_eq!(r.cgi().status, 200);
+    }
+}
+
+#[test]
+fn wsgi_errors_reach_the_pool_error_log() {
+    let s = serve("echo:application");
+    let r = fcgi::request_raw(&s.addrs[0], &Request::get("/?stderr=pyfpm-log-marker"));
+    assert!(r.completed());
+    s.pyfpm
+        .wait_log("pyfpm-log-marker", Duration::from_secs(10));
+}
+
+#[test]
+fn wsgiref_validate_app_passes() {
+    let s = serve("validated:application");
+    for addr in &s.addrs {
+        let r = fcgi::request(addr, &Request::get("/v?x=1"));
+        assert_eq!(
+            r.status,
+            200,
+            "{addr}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.body, b"validated:");
+        let r = fcgi::request(addr, &Request::post("/v", b"payload".to_vec()));
+        assert_eq!(
+            r.status,
+            200,
+            "{addr}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.body, b"validated:payload");
+        let r = fcgi::request(addr, &Request::post("/v?lines", b"a\nb\nc".to_vec()));
+        assert_eq!(r.status, 200, "{addr}");
+        let r = fcgi::request(addr, &Request::get("/v").method("HEAD"));
+        assert_eq!(r.status, 200, "{addr}");
+    }
+    // A last request collects garbage and marks the log; validator complaints about
+    // earlier requests (e.g. close() never called) would be in the log before the mark.
+    fcgi::request(&s.addrs[0], &Request::get("/v?done"));
+    let log = s.pyfpm.wait_log("VALIDATOR-DONE", Duration::from_secs(10));
+    assert!(
+        !log.contains("VALIDATOR-UNRAISABLE") && !log.contains("AssertionError"),
+        "wsgiref.validate complained:\n{log}"
+    );
+}
+
+#[test]
+fn ipv6_loopback_listen() {
+    let env = TestEnv::new();
+    let port = std::net::TcpListener::bind("[::1]:0")
+        .expect("this test needs an IPv6 loopback ([::1])")
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = Addr::Tcp(format!("[::1]:{port}").parse().unwrap());
+    let pool = Pool::new("www", "echo:application").listen(&format!("[::1]:{port}"));
+    let _p = env.start(&[pool], &addr);
+    let v = fcgi::request(&addr, &Request::get("/six")).json();
+    assert_eq!(env_str(&v, "PATH_INFO"), Some("/six"));
+}
+
+#[test]
+fn request_trickled_one_byte_at_a_time_is_served() {
+    // Every record (and every header) split across separate socket writes.
+    let s = serve("echo:application");
+    for addr in &s.addrs {
+        let mut req = Request::post("/trickle?x=1", b"hello trickle".to_vec());
+        req.stdin_chunk = 4;
+        let bytes = req.encode();
+        let mut c = Conn::connect(addr).unwrap();
+        if let fcgi::Stream::Tcp(t) = &c.stream {
+            t.set_nodelay(true).unwrap();
+        }
+        for b in &bytes {
+            c.send(std::slice::from_ref(b)).unwrap();
+        }
+        let r = c.read_response(1).unwrap();
+        assert!(r.completed(), "{addr}");
+        let v = r.cgi().json();
+        assert_eq!(env_str(&v, "PATH_INFO"), Some("/trickle"));
+        assert_eq!(v["body_crc32"], crc32(b"hello trickle") as u64);
+    }
+}
+
+#[test]
+fn a_second_request_on_a_busy_connection_is_refused_with_cant_mpx_conn() {
+    let s = serve("echo:application");
+    for addr in &s.addrs {
+        let mut c = Conn::connect(addr).unwrap();
+        let first = Request::post("/first", b"body one".to_vec()).keep_conn(true);
+        let mut second = Request::get("/second");
+        second.request_id = 2;
+        let one = first.encode();
+        // Request 1 up to (not including) its STDIN records, then all of request 2, then
+        // request 1's STDIN: request 2 arrives while request 1 is active.
+        let stdin_at = {
+            let mut out = BytesMut::new();
+            encode_begin_request(&mut out, 1, Role::Responder, true);
+            let params = first.params();
+            fastcgi::encode_params(
+                &mut out,
+                1,
+                params.iter().map(|(n, v)| (n.as_slice(), v.as_slice())),
+            );
+            out.len()
+        };
+        let mut bytes = one[..stdin_at].to_vec();
+        bytes.extend_from_slice(&second.encode());
+        bytes.extend_from_slice(&one[stdin_at..]);
+        c.send(&bytes).unwrap();
+        let (mut refused, mut stdout, mut ended) = (None, Vec::new(), false);
+        while !(ended && refused.is_some()) {
+            match c.next_event().unwrap() {
+                Some(ClientEvent::EndRequest {
+                    request_id: 2,
+                    protocol_status,
+                    ..
+                }) => refused = Some(protocol_status),
+                Some(ClientEvent::Stdout {
+                    request_id: 1,
+                    data,
+                }) => stdout.extend_from_slice(&data),
+                Some(ClientEvent::Stderr { .. }) => {}
+                Some(ClientEvent::EndRequest { request_id: 1, .. }) => ended = true,
+                other => panic!("{addr}: unexpected {other:?}"),
+            }
+        }
+        assert_eq!(refused, Some(ProtocolStatus::CantMpxConn), "{addr}");
+        let v = fcgi::CgiResponse::parse(&stdout).unwrap().json();
+        assert_eq!(env_str(&v, "PATH_INFO"), Some("/first"), "{addr}");
+        assert_eq!(v["body_len"], 8);
+    }
+}
+
+#[test]
+fn unread_request_body_is_discarded_on_a_kept_connection() {
+    // The app answers without reading its 1 MiB body; with FCGI_KEEP_CONN the rest of
+    // that STDIN must be skipped so the next request on the connection is served.
+    let s = serve("errors:application");
+    for addr in &s.addrs {
+        let mut c = Conn::connect(addr).unwrap();
+        let req = Request::post("/ignores-body", test_bytes(1 << 20, 11)).keep_conn(true);
+        let r = c.request(&req).unwrap();
+        assert!(r.completed(), "{addr}");
+        assert_eq!(r.cgi().body, b"ok");
+        let r = c.request(&Request::get("/next").keep_conn(true)).unwrap();
+        assert!(r.completed(), "{addr}: the kept connection is stuck");
+        assert_eq!(r.cgi().body, b"ok");
+    }
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+#[test]
+fn large_response_is_split_into_valid_records() {
+    let s = serve("stream:application");
+    let n = 8 * 1024 * 1024 + 3;
+    for addr in &s.addrs {
+        let mut c = Conn::connect(addr).unwrap();
+        let r = c.request(&Request::get(&format!("/?big={n}"))).unwrap();
+        assert!(r.completed(), "{addr}");
+        assert!(
+            r.stdout_records.iter().all(|rec| rec.len() <= 65535),
+            "{addr}: a STDOUT record over 65535 bytes"
+        );
+        let cgi = r.cgi();
+        assert_eq!(cgi.body.len(), n, "{addr}");
+        assert!(cgi.body == pattern(n), "{addr}: body corrupted");
+    }
+}
