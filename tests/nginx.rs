@@ -9,6 +9,7 @@ use common::http;
 use common::{Pool, Pyfpm, TestEnv, crc32, free_port, test_bytes, wait_until};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -137,9 +138,11 @@ http {{
     n
 }
 
-/// pyfpm (Unix socket or TCP) behind nginx. Field order: nginx stops first, then pyfpm,
-/// then the directory goes.
+/// pyfpm (Unix socket or TCP) behind nginx. Field order: the client's kept-alive
+/// connections close first, then nginx stops, then pyfpm, then the directory goes.
 struct Stack {
+    /// One agent for the whole test, so sequential requests reuse a connection to nginx.
+    http: http::Client,
     nginx: Nginx,
     pyfpm: Pyfpm,
     env: TestEnv,
@@ -167,6 +170,7 @@ fn stack(app: &str, tcp: bool, keepalive: bool) -> Stack {
     let pyfpm = env.start(&[Pool::new("www", app).listen(&listen).children(2)], &addr);
     let nginx = start_nginx(&env, &pass, keepalive);
     Stack {
+        http: http::Client::new(nginx.port),
         nginx,
         pyfpm,
         env,
@@ -176,7 +180,7 @@ fn stack(app: &str, tcp: bool, keepalive: bool) -> Stack {
 
 impl Stack {
     fn get(&self, target: &str) -> http::Full {
-        http::request(self.nginx.port, "GET", target, &[], b"")
+        self.http.request("GET", target, &[], b"")
     }
 
     fn context(&self) -> String {
@@ -220,8 +224,7 @@ fn post_bodies_from_0_bytes_to_8_mib() {
         .enumerate()
     {
         let body = test_bytes(size, 100 + i as u64);
-        let r = http::request(
-            s.nginx.port,
+        let r = s.http.request(
             "POST",
             "/upload",
             &[("Content-Type", "application/octet-stream")],
@@ -248,8 +251,7 @@ fn non_ascii_path_reaches_the_app_decoded() {
 #[test]
 fn duplicate_request_headers_reach_the_app() {
     let s = stack("echo:application", false, false);
-    let r = http::request(
-        s.nginx.port,
+    let r = s.http.request(
         "GET",
         "/",
         &[("X-Dup", "a"), ("X-Dup", "b"), ("Proxy", "http://evil:1")],
@@ -302,26 +304,26 @@ fn app_exception_is_a_500() {
 fn streamed_response_arrives_before_the_app_finishes() {
     let s = stack("stream:application", false, false);
     let gate = s.env.file("gate");
-    let mut resp = http::send(
-        s.nginx.port,
-        "GET",
-        &format!("/?gate={}", gate.display()),
-        &[],
-        b"",
-    );
-    assert_eq!(resp.status, 200, "{}", s.context());
+    let mut resp = s
+        .http
+        .send("GET", &format!("/?gate={}", gate.display()), &[], b"");
+    assert_eq!(resp.status(), 200, "{}", s.context());
     // The app waits for the gate after its first chunk: it only gets here if pyfpm and
     // nginx pass the first chunk on at once.
+    let mut reader = resp.body_mut().as_reader();
     let mut body = Vec::new();
+    let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(&body).contains("first;") {
-        match resp.next_piece() {
-            Some(p) => body.extend_from_slice(&p),
-            None => panic!("body ended before the first chunk"),
-        }
+        let n = reader
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("broken HTTP response body: {e}"));
+        assert!(n > 0, "body ended before the first chunk");
+        body.extend_from_slice(&buf[..n]);
     }
     std::fs::write(&gate, b"go").unwrap();
-    let rest = resp.finish();
-    body.extend_from_slice(&rest.body);
+    reader
+        .read_to_end(&mut body)
+        .unwrap_or_else(|e| panic!("broken HTTP response body: {e}"));
     assert_eq!(
         String::from_utf8_lossy(&body),
         "first;chunk1;chunk2;chunk3;"
@@ -331,13 +333,17 @@ fn streamed_response_arrives_before_the_app_finishes() {
 #[test]
 fn head_has_no_body() {
     let s = stack("echo:application", false, false);
-    let r = http::request(s.nginx.port, "HEAD", "/", &[], b"");
+    let r = s.http.request("HEAD", "/", &[], b"");
     assert_eq!(r.status, 200, "{}", s.context());
-    assert!(
-        r.body.is_empty() && r.trailing == 0,
-        "HEAD answered with a body"
-    );
+    assert!(r.body.is_empty(), "HEAD answered with a body");
     assert_eq!(r.header("Content-Type"), Some("application/json"));
+    // ureq never reads a body for HEAD: look at the raw bytes after the head as well.
+    let extra = s.http.bytes_after_head("HEAD", "/");
+    assert!(
+        extra.is_empty(),
+        "HEAD answered with a body: {:?}",
+        String::from_utf8_lossy(&extra)
+    );
 }
 
 #[test]
@@ -345,7 +351,7 @@ fn keepalive_upstream_serves_50_sequential_requests() {
     let s = stack("echo:application", false, true);
     for i in 0..50 {
         let body = test_bytes(i * 37, i as u64);
-        let r = http::request(s.nginx.port, "POST", &format!("/k/{i}?n={i}"), &[], &body);
+        let r = s.http.request("POST", &format!("/k/{i}?n={i}"), &[], &body);
         assert_eq!(r.status, 200, "request {i}: {}", s.context());
         let v = r.json();
         assert_eq!(env_str(&v, "PATH_INFO"), Some(format!("/k/{i}").as_str()));
@@ -387,7 +393,7 @@ fn tcp_listen_variant() {
     assert_eq!(r.status, 200, "{}", s.context());
     assert_eq!(env_str(&r.json(), "PATH_INFO"), Some("/tcp"));
     let body = test_bytes(300_000, 5);
-    let r = http::request(s.nginx.port, "POST", "/tcp", &[], &body);
+    let r = s.http.request("POST", "/tcp", &[], &body);
     assert_eq!(r.status, 200, "{}", s.context());
     assert_eq!(r.json()["body_crc32"], crc32(&body) as u64);
     let r = s.get("/?cookies=2&status=418");
@@ -433,16 +439,11 @@ fn response_failing_mid_body_is_not_delivered_as_complete() {
     // The app raises after two chunks: the client must see a broken transfer, not a
     // short body that looks whole.
     let s = stack("stream:application", false, false);
-    let mut resp = http::send(s.nginx.port, "GET", "/?fail_at=2", &[], b"");
-    assert_eq!(resp.status, 200, "{}", s.context());
+    let mut resp = s.http.send("GET", "/?fail_at=2", &[], b"");
+    assert_eq!(resp.status(), 200, "{}", s.context());
     let mut body = Vec::new();
-    let outcome = loop {
-        match resp.try_next_piece() {
-            Ok(Some(p)) => body.extend_from_slice(&p),
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(e),
-        }
-    };
+    // On error, read_to_end keeps what arrived in `body`.
+    let outcome = resp.body_mut().as_reader().read_to_end(&mut body);
     assert!(
         outcome.is_err(),
         "the truncated body {:?} arrived as a complete response; {}",

@@ -1,96 +1,112 @@
-//! A minimal HTTP/1.1 client for the nginx tests: raw header lines in order (so duplicate
-//! headers such as Set-Cookie are visible), no redirects, 4xx/5xx are just responses,
-//! chunked bodies decoded incrementally (so a test can react to the first chunk of a
-//! streamed response before the rest exists).
+//! The HTTP client side of the nginx tests, on `ureq`: one agent per nginx so requests
+//! reuse kept-alive connections, no redirects, 4xx/5xx are plain responses, and bodies
+//! can be read incrementally (a test can react to the first chunk of a streamed
+//! response before the rest exists; a transfer cut mid-body is an error, never a short
+//! body).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
+use ureq::http::{HeaderMap, Request};
 
-/// A parsed response head plus a reader for the body.
-pub struct HttpResponse {
-    /// Status code.
-    pub status: u16,
-    /// Header lines in order.
-    pub headers: Vec<(String, String)>,
-    reader: BufReader<TcpStream>,
-    framing: Framing,
-}
+/// A response whose body has not been read yet.
+pub type Response = ureq::http::Response<ureq::Body>;
 
-enum Framing {
-    None,
-    Length(usize),
-    Chunked { done: bool },
-    UntilClose { done: bool },
-}
+/// Above the largest body any test sends or expects (8 MiB + a few bytes): ureq's own
+/// default cap is 10 MB, set explicitly so a test growing past it fails loudly here.
+const BODY_LIMIT: u64 = 16 * 1024 * 1024;
 
-/// Send one request to 127.0.0.1:`port` (`Connection: close`) and read the head.
-pub fn send(
+/// An HTTP/1.1 client for the nginx listening on 127.0.0.1:`port`.
+pub struct Client {
+    agent: ureq::Agent,
     port: u16,
-    method: &str,
-    target: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> HttpResponse {
-    let s = TcpStream::connect(("127.0.0.1", port))
-        .unwrap_or_else(|e| panic!("connect to nginx on 127.0.0.1:{port}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut head =
-        format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-    for (n, v) in headers {
-        head.push_str(&format!("{n}: {v}\r\n"));
+}
+
+impl Client {
+    /// A client with its own connection pool.
+    pub fn new(port: u16) -> Self {
+        let agent = ureq::Agent::config_builder()
+            // The tests look at error statuses and redirects themselves.
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_per_read(Some(Duration::from_secs(60)))
+            .timeout_per_write(Some(Duration::from_secs(60)))
+            .build()
+            .new_agent();
+        Client { agent, port }
     }
-    if !body.is_empty() || method == "POST" || method == "PUT" {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    head.push_str("\r\n");
-    let mut w = s.try_clone().unwrap();
-    let body = body.to_vec();
-    // Write from a thread: nginx may answer (413, 500...) before reading everything.
-    let writer = std::thread::spawn(move || {
-        let _ = w.write_all(head.as_bytes());
-        let _ = w.write_all(&body);
-    });
-    let mut reader = BufReader::new(s);
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("read status line");
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad HTTP status line {line:?}"));
-    let mut headers = Vec::new();
-    loop {
-        let mut l = String::new();
-        reader.read_line(&mut l).expect("read header line");
-        let l = l.trim_end_matches(['\r', '\n']);
-        if l.is_empty() {
-            break;
+
+    /// Send a request and return once the response head is in.
+    ///
+    /// `headers` are appended in order, so a repeated name goes out as repeated header
+    /// lines. `Host` is `localhost` (the nginx `server_name`), as a browser would send.
+    pub fn send(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://127.0.0.1:{}{target}", self.port))
+            .header("Host", "localhost");
+        for (n, v) in headers {
+            req = req.header(*n, *v);
         }
-        let (n, v) = l.split_once(':').expect("header line has a colon");
-        headers.push((n.to_string(), v.trim().to_string()));
+        // A bodiless GET/HEAD carries no Content-Length; a POST always does, even for 0.
+        let sent = if body.is_empty() && method != "POST" && method != "PUT" {
+            self.agent.run(req.body(()).expect("valid request"))
+        } else {
+            self.agent.run(req.body(body).expect("valid request"))
+        };
+        sent.unwrap_or_else(|e| panic!("{method} {target} via nginx on port {}: {e}", self.port))
     }
-    let _ = writer.join();
-    let get = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
-    let framing = if method == "HEAD" || status == 204 || status == 304 {
-        Framing::None
-    } else if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        Framing::Chunked { done: false }
-    } else if let Some(n) = get("content-length") {
-        Framing::Length(n.parse().expect("numeric Content-Length"))
-    } else {
-        Framing::UntilClose { done: false }
-    };
-    HttpResponse {
-        status,
-        headers,
-        reader,
-        framing,
+
+    /// Send a request and read the whole response. Panics on a broken transfer.
+    pub fn request(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Full {
+        let (parts, mut b) = self.send(method, target, headers, body).into_parts();
+        let body = b
+            .with_config()
+            .limit(BODY_LIMIT)
+            .read_to_vec()
+            .unwrap_or_else(|e| panic!("broken HTTP response body for {method} {target}: {e}"));
+        Full {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// Send `method target` on a fresh connection with `Connection: close` and return
+    /// every byte nginx sent after the response head.
+    ///
+    /// Raw socket on purpose, for this one check: ureq never reads a body for HEAD and
+    /// silently drops a pooled connection that has stray bytes after a response, so it
+    /// cannot show whether nginx wrongly sent a body.
+    pub fn bytes_after_head(&self, method: &str, target: &str) -> Vec<u8> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))
+            .unwrap_or_else(|e| panic!("connect to nginx on 127.0.0.1:{}: {e}", self.port));
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        write!(
+            s,
+            "{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).expect("read the response");
+        let end = all
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(&all)));
+        all.split_off(end + 4)
     }
 }
 
@@ -98,21 +114,19 @@ pub fn send(
 pub struct Full {
     /// Status code.
     pub status: u16,
-    /// Header lines in order.
-    pub headers: Vec<(String, String)>,
+    /// Response headers; repeated names keep every value in arrival order.
+    pub headers: HeaderMap,
     /// The body.
     pub body: Vec<u8>,
-    /// Bytes that arrived after the declared end of the body (must be none).
-    pub trailing: usize,
 }
 
 impl Full {
     /// Every value of header `name`, in order.
     pub fn all(&self, name: &str) -> Vec<&str> {
         self.headers
+            .get_all(name)
             .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|v| v.to_str().expect("ASCII header value"))
             .collect()
     }
 
@@ -131,107 +145,4 @@ impl Full {
             )
         })
     }
-}
-
-impl HttpResponse {
-    /// The next piece of the body (`None` at its end): one chunk of a chunked body.
-    /// Panics on a broken transfer.
-    pub fn next_piece(&mut self) -> Option<Vec<u8>> {
-        self.try_next_piece()
-            .unwrap_or_else(|e| panic!("broken HTTP response body: {e}"))
-    }
-
-    /// Like [`next_piece`](Self::next_piece), but a broken transfer (connection closed
-    /// mid-body, bad chunk framing) is an `Err`.
-    pub fn try_next_piece(&mut self) -> Result<Option<Vec<u8>>, String> {
-        let io = |e: std::io::Error| e.to_string();
-        match &mut self.framing {
-            Framing::None => Ok(None),
-            Framing::Length(n) => {
-                if *n == 0 {
-                    return Ok(None);
-                }
-                let mut buf = vec![0u8; (*n).min(65536)];
-                let got = self.reader.read(&mut buf).map_err(io)?;
-                if got == 0 {
-                    return Err(format!("connection closed with {n} body bytes missing"));
-                }
-                *n -= got;
-                buf.truncate(got);
-                Ok(Some(buf))
-            }
-            Framing::Chunked { done } => {
-                if *done {
-                    return Ok(None);
-                }
-                let mut size_line = String::new();
-                if self.reader.read_line(&mut size_line).map_err(io)? == 0 {
-                    return Err("connection closed before the last chunk".into());
-                }
-                let size =
-                    usize::from_str_radix(size_line.trim().split(';').next().unwrap_or(""), 16)
-                        .map_err(|_| format!("bad chunk size line {size_line:?}"))?;
-                if size == 0 {
-                    // Trailers end with an empty line.
-                    loop {
-                        let mut l = String::new();
-                        let n = self.reader.read_line(&mut l).map_err(io)?;
-                        if n == 0 || l.trim().is_empty() {
-                            break;
-                        }
-                    }
-                    *done = true;
-                    return Ok(None);
-                }
-                let mut buf = vec![0u8; size + 2];
-                self.reader.read_exact(&mut buf).map_err(io)?;
-                if &buf[size..] != b"\r\n" {
-                    return Err("chunk not followed by CRLF".into());
-                }
-                buf.truncate(size);
-                Ok(Some(buf))
-            }
-            Framing::UntilClose { done } => {
-                if *done {
-                    return Ok(None);
-                }
-                let mut buf = vec![0u8; 65536];
-                let got = self.reader.read(&mut buf).map_err(io)?;
-                if got == 0 {
-                    *done = true;
-                    return Ok(None);
-                }
-                buf.truncate(got);
-                Ok(Some(buf))
-            }
-        }
-    }
-
-    /// Read the rest of the body.
-    pub fn finish(mut self) -> Full {
-        let mut body = Vec::new();
-        while let Some(p) = self.next_piece() {
-            body.extend_from_slice(&p);
-        }
-        // With Connection: close, nothing may follow the body.
-        let mut rest = Vec::new();
-        let _ = self.reader.read_to_end(&mut rest);
-        Full {
-            status: self.status,
-            headers: self.headers,
-            body,
-            trailing: rest.len(),
-        }
-    }
-}
-
-/// Send a request and read the whole response.
-pub fn request(
-    port: u16,
-    method: &str,
-    target: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Full {
-    send(port, method, target, headers, body).finish()
 }
