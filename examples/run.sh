@@ -5,7 +5,8 @@
 #
 # The socket directory comes from PYFPM_RUNTIME_DIR, which pools.d/www.yaml reads:
 # /run/pyfpm for root, ${XDG_RUNTIME_DIR:-/tmp}/pyfpm-$USER otherwise, unless it is
-# already set.
+# already set. As root, the socket's group is www-data (stock Debian nginx's user) when
+# that group exists (PYFPM_LISTEN_GROUP).
 set -euo pipefail
 
 # Work from the repository root whatever the caller's directory.
@@ -23,6 +24,12 @@ if [ -z "${PYFPM_RUNTIME_DIR:-}" ]; then
 fi
 export PYFPM_RUNTIME_DIR
 mkdir -p "$PYFPM_RUNTIME_DIR"
+
+# A stock Debian nginx runs as www-data: as root, give that group the socket (0660) so
+# `fastcgi_pass unix:$PYFPM_RUNTIME_DIR/www.sock;` works as it is.
+if [ -z "${PYFPM_LISTEN_GROUP:-}" ] && [ "$(id -u)" -eq 0 ] && getent group www-data >/dev/null; then
+    export PYFPM_LISTEN_GROUP=www-data
+fi
 
 cat >&2 <<MSG
 ==> pyfpm -F -c examples/pyfpm.yaml $*
