@@ -1,21 +1,33 @@
-//! `pyfpm request`: send one FastCGI request to `unix:/path` or `host:port` and print
-//! the response, the way `cgi-fcgi -bind -connect` serves php-fpm users, but with the
+//! The web-server side of a FastCGI exchange, and `pyfpm request` on top of it.
+//!
+//! `pyfpm request` sends one request to `unix:/path` or `host:port` and prints the
+//! response, the way `cgi-fcgi -bind -connect` serves php-fpm users, but with the
 //! parameters a stock nginx `include fastcgi_params;` would send, so what works here works
-//! behind nginx.
+//! behind nginx. The integration tests drive pyfpm through the same code, so the client
+//! that checks the server and the one that ships are one.
 //!
-//! This module owns the whole client: argument parsing helpers, the parameter set, the
-//! split of the CGI response into header block and body, and the blocking I/O. The pure
-//! parts ([`parse_address`], [`build_params`], [`ResponseReader`]) are separate from the
-//! socket loop so they can be tested without a server.
+//! The pieces, each usable alone:
+//! - [`Request`]: one request described the way an HTTP request reaches nginx; its
+//!   [`params`](Request::params) are the stock `fastcgi_params` list and
+//!   [`encode`](Request::encode) gives the bytes on the wire.
+//! - [`Connection`]: a blocking connection (Unix or TCP) that sends bytes, decodes what
+//!   comes back ([`next_event`](Connection::next_event),
+//!   [`next_part`](Connection::next_part)) and collects a whole [`Response`].
+//! - [`CgiResponse`] and [`ResponseReader`]: the CGI response in FCGI_STDOUT (status,
+//!   headers in order, body), parsed at once or as it streams in.
+//! - [`RequestArgs`] and [`run`]: the command line.
 //!
-//! Exit statuses: 0 when the response status is below 500, 1 for a 5xx, 2 when no usable
-//! response arrived (connection failure, timeout, protocol error, a refused request),
-//! 64 for a bad command line.
+//! Exit statuses of `pyfpm request`: 0 when the response status is below 500, 1 for a
+//! 5xx, 2 when no usable response arrived (connection failure, timeout, protocol error, a
+//! refused request), 64 for a bad command line.
 
 use crate::exit_code;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use clap::Args;
-use fastcgi::{ClientConnection, ClientEvent, DecodeError, ProtocolStatus, RecordType, Role};
+use fastcgi::{
+    ClientConnection, ClientEvent, DecodeError, MAX_CONTENT_LEN, ProtocolStatus, RecordType, Role,
+};
+use percent_encoding::percent_decode;
 use std::borrow::Cow;
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -24,123 +36,364 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// The request id used for the single request (any non-zero id would do).
-const REQUEST_ID: u16 = 1;
+// ---- the request ---------------------------------------------------------------------
 
-/// Largest CGI header block accepted before the body starts. nginx gives up far earlier
-/// (`fastcgi_buffer_size`, 4-8 KiB); this only bounds memory against a peer that never
-/// ends its headers.
-pub const MAX_HEAD_LEN: usize = 1024 * 1024;
-
-/// Content type sent with `--data` when no `Content-Type` header is given (what curl does).
-const DEFAULT_BODY_CONTENT_TYPE: &str = "application/x-www-form-urlencoded";
-
-/// Options of `pyfpm request`.
-#[derive(Debug, Args)]
-pub struct RequestArgs {
-    /// Where to connect: `unix:/path/to.sock`, `/path/to.sock`, `host:port` or `[v6]:port`.
-    pub address: String,
-
-    /// Request path, with an optional `?query`.
-    #[arg(default_value = "/")]
-    pub path: String,
-
-    /// Request method (default GET, or POST when a body is given with --data).
-    #[arg(short = 'X', long = "method", value_name = "METHOD")]
-    pub method: Option<String>,
-
-    /// Add a request header `NAME: VALUE` (repeatable). Sent as HTTP_NAME; Content-Type and
-    /// Content-Length become CONTENT_TYPE and CONTENT_LENGTH; a repeated name is joined
-    /// with ", " (with "; " for Cookie), as nginx 1.23+ does.
-    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE", value_parser = parse_header_arg)]
-    pub headers: Vec<HeaderArg>,
-
-    /// Set a raw FastCGI parameter `NAME=VALUE` (repeatable), replacing the default of
-    /// that name; `NAME` without `=` removes it. Repeat a name to send it several times.
-    #[arg(short = 'p', long = "param", value_name = "NAME=VALUE", value_parser = parse_param_arg)]
-    pub params: Vec<ParamArg>,
-
-    /// Request body: a string, `@FILE`, or `@-` for standard input. Sent as is (like curl's
-    /// --data-binary), with CONTENT_LENGTH set to its size.
-    #[arg(
-        short = 'd',
-        long = "data",
-        value_name = "DATA",
-        allow_hyphen_values = true
-    )]
-    pub data: Option<String>,
-
-    /// Print the response's CGI header block before the body.
-    #[arg(short = 'i', long = "include")]
-    pub include: bool,
-
-    /// Give up after this many seconds, counting the connection and the whole response.
-    #[arg(long = "timeout", value_name = "SECONDS", default_value = "10", value_parser = parse_timeout)]
-    pub timeout: Duration,
-}
-
-/// One `--header` argument.
+/// One HTTP request header.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HeaderArg {
+pub struct Header {
     /// Header name as given (e.g. `Content-Type`).
     pub name: String,
     /// Value, surrounding whitespace removed.
     pub value: String,
 }
 
-/// One `--param` argument.
+/// A change to the default FastCGI parameters of a [`Request`].
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ParamArg {
+pub struct Param {
     /// Parameter name, sent verbatim.
     pub name: String,
     /// The value; `None` removes the parameter.
-    pub value: Option<String>,
+    pub value: Option<Vec<u8>>,
 }
 
-/// Parse `NAME: VALUE` for `--header`.
-pub fn parse_header_arg(s: &str) -> Result<HeaderArg, String> {
-    let (name, value) = s
-        .split_once(':')
-        .ok_or_else(|| format!("expected `NAME: VALUE`, got {s:?}"))?;
-    let name = name.trim();
-    if name.is_empty() || !name.bytes().all(is_token_byte) {
-        return Err(format!(
-            "{name:?} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)"
-        ));
-    }
-    Ok(HeaderArg {
-        name: name.to_string(),
-        value: value.trim().to_string(),
-    })
+/// FastCGI parameters as sent, in order.
+pub type ParamList = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// One request, described the way an HTTP request reaches nginx.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// REQUEST_METHOD.
+    pub method: String,
+    /// The request target as on the HTTP request line: a percent-encoded path with an
+    /// optional `?query`.
+    pub uri: String,
+    /// HTTP request headers, in order; see [`params`](Self::params) for how they are sent.
+    pub headers: Vec<Header>,
+    /// Changes to the default parameters, applied in order after them.
+    pub params: Vec<Param>,
+    /// The body, sent as FCGI_STDIN. `None` (no body) leaves CONTENT_LENGTH empty, as
+    /// nginx does for a request without one; `Some` sets it to the length.
+    pub body: Option<Vec<u8>>,
+    /// The role asked for in BEGIN_REQUEST.
+    pub role: Role,
+    /// FCGI_KEEP_CONN: the application keeps the connection open after this request.
+    pub keep_conn: bool,
+    /// The request id (never 0, which is reserved for management records).
+    pub request_id: u16,
+    /// Largest FCGI_STDIN record. Web servers cut the body differently (nginx by its
+    /// buffer size, Apache in 8 KiB pieces); small values split lines and multi-byte
+    /// reads across records, which an application must not notice.
+    pub stdin_record_len: usize,
 }
 
-/// Parse `NAME=VALUE` (set) or `NAME` (remove) for `--param`.
-pub fn parse_param_arg(s: &str) -> Result<ParamArg, String> {
-    let (name, value) = match s.split_once('=') {
-        Some((n, v)) => (n, Some(v.to_string())),
-        None => (s, None),
-    };
-    if name.is_empty() {
-        return Err(format!("expected `NAME=VALUE` or `NAME`, got {s:?}"));
+/// Version string sent as SERVER_SOFTWARE, where nginx sends `nginx/<version>`.
+const SERVER_SOFTWARE: &str = concat!("pyfpm-request/", env!("CARGO_PKG_VERSION"));
+
+impl Request {
+    /// A request with no headers, no body and no parameter changes: a responder
+    /// request, id 1, without FCGI_KEEP_CONN.
+    pub fn new(method: &str, uri: &str) -> Request {
+        Request {
+            method: method.into(),
+            uri: uri.into(),
+            headers: Vec::new(),
+            params: Vec::new(),
+            body: None,
+            role: Role::Responder,
+            keep_conn: false,
+            request_id: 1,
+            stdin_record_len: MAX_CONTENT_LEN,
+        }
     }
-    Ok(ParamArg {
-        name: name.to_string(),
-        value,
-    })
+
+    /// A GET of `uri` (`/a/b?x=1`).
+    pub fn get(uri: &str) -> Request {
+        Request::new("GET", uri)
+    }
+
+    /// Builder: set the method.
+    pub fn method(mut self, method: &str) -> Request {
+        self.method = method.into();
+        self
+    }
+
+    /// Builder: add a request header.
+    pub fn header(mut self, name: &str, value: &str) -> Request {
+        self.headers.push(Header {
+            name: name.into(),
+            value: value.into(),
+        });
+        self
+    }
+
+    /// Builder: set a parameter, replacing the default of that name; setting the same
+    /// name again sends it once more.
+    pub fn param(mut self, name: &str, value: impl AsRef<[u8]>) -> Request {
+        self.params.push(Param {
+            name: name.into(),
+            value: Some(value.as_ref().to_vec()),
+        });
+        self
+    }
+
+    /// Builder: leave out a parameter entirely.
+    pub fn remove_param(mut self, name: &str) -> Request {
+        self.params.push(Param {
+            name: name.into(),
+            value: None,
+        });
+        self
+    }
+
+    /// Builder: set the body.
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Request {
+        self.body = Some(body.into());
+        self
+    }
+
+    /// Builder: set FCGI_KEEP_CONN.
+    pub fn keep_conn(mut self, keep: bool) -> Request {
+        self.keep_conn = keep;
+        self
+    }
+
+    /// The FCGI_PARAMS pairs: nginx's stock `fastcgi_params`, in its order, then the
+    /// headers as `HTTP_*` (nginx appends those after the configured params), then the
+    /// [`params`](Self::params) changes.
+    ///
+    /// SCRIPT_NAME and DOCUMENT_URI are the percent-decoded path (nginx's
+    /// `$fastcgi_script_name` and `$document_uri`), REQUEST_URI the target as given.
+    /// `Content-Type` and `Content-Length` headers become CONTENT_TYPE and CONTENT_LENGTH
+    /// (both empty when there is nothing to say, like nginx); CONTENT_LENGTH is otherwise
+    /// the body's length. A repeated header is joined with ", " (with "; " for Cookie),
+    /// as nginx 1.23+ does, and the first `Host` replaces the default `localhost`.
+    ///
+    /// Every name in [`params`](Self::params) drops the defaults of that name; the set
+    /// values are then appended in order, so repeating a name sends duplicates on purpose.
+    pub fn params(&self) -> ParamList {
+        let (path, query) = self.uri.split_once('?').unwrap_or((&self.uri, ""));
+        let decoded: Vec<u8> = percent_decode(path.as_bytes()).collect();
+
+        let mut content_type = None;
+        let mut content_length = self.body.as_ref().map(|b| b.len().to_string());
+        let mut http: Vec<(String, String)> = vec![("HTTP_HOST".into(), "localhost".into())];
+        let mut host_given = false;
+        for h in &self.headers {
+            if h.name.eq_ignore_ascii_case("content-type") {
+                content_type = Some(h.value.clone());
+                continue;
+            }
+            if h.name.eq_ignore_ascii_case("content-length") {
+                content_length = Some(h.value.clone());
+                continue;
+            }
+            let key = format!("HTTP_{}", h.name.to_ascii_uppercase().replace('-', "_"));
+            if key == "HTTP_HOST" && !host_given {
+                host_given = true;
+                http[0].1 = h.value.clone();
+                continue;
+            }
+            let separator = if key == "HTTP_COOKIE" { "; " } else { ", " };
+            match http.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => {
+                    v.push_str(separator);
+                    v.push_str(&h.value);
+                }
+                None => http.push((key, h.value.clone())),
+            }
+        }
+
+        let mut params: ParamList = Vec::with_capacity(20 + http.len());
+        let mut push = |name: &str, value: &[u8]| params.push((name.into(), value.to_vec()));
+        push("QUERY_STRING", query.as_bytes());
+        push("REQUEST_METHOD", self.method.as_bytes());
+        push(
+            "CONTENT_TYPE",
+            content_type.as_deref().unwrap_or("").as_bytes(),
+        );
+        push(
+            "CONTENT_LENGTH",
+            content_length.as_deref().unwrap_or("").as_bytes(),
+        );
+        push("SCRIPT_NAME", &decoded);
+        push("REQUEST_URI", self.uri.as_bytes());
+        push("DOCUMENT_URI", &decoded);
+        push("DOCUMENT_ROOT", b"");
+        push("SERVER_PROTOCOL", b"HTTP/1.1");
+        push("REQUEST_SCHEME", b"http");
+        push("GATEWAY_INTERFACE", b"CGI/1.1");
+        push("SERVER_SOFTWARE", SERVER_SOFTWARE.as_bytes());
+        push("REMOTE_ADDR", b"127.0.0.1");
+        push("REMOTE_PORT", b"0");
+        push("SERVER_ADDR", b"127.0.0.1");
+        push("SERVER_PORT", b"80");
+        push("SERVER_NAME", b"localhost");
+        for (k, v) in &http {
+            push(k, v.as_bytes());
+        }
+
+        params.retain(|(k, _)| {
+            !self
+                .params
+                .iter()
+                .any(|p| p.name.as_bytes() == k.as_slice())
+        });
+        for p in &self.params {
+            if let Some(v) = &p.value {
+                params.push((p.name.clone().into_bytes(), v.clone()));
+            }
+        }
+        params
+    }
+
+    /// Append BEGIN_REQUEST and the whole PARAMS stream: everything before the body.
+    pub fn encode_head(&self, out: &mut BytesMut) {
+        fastcgi::encode_begin_request(out, self.request_id, self.role, self.keep_conn);
+        let params = self.params();
+        fastcgi::encode_params(
+            out,
+            self.request_id,
+            params.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+        );
+    }
+
+    /// The whole request as nginx sends it: [`encode_head`](Self::encode_head), then
+    /// the STDIN stream (the body, if any, and its end).
+    pub fn encode(&self) -> BytesMut {
+        let body = self.body.as_deref().unwrap_or_default();
+        let mut out = BytesMut::with_capacity(1024 + body.len() + body.len() / 8);
+        self.encode_head(&mut out);
+        for chunk in body.chunks(self.stdin_record_len.clamp(1, MAX_CONTENT_LEN)) {
+            fastcgi::encode_stream(&mut out, RecordType::Stdin, self.request_id, chunk);
+        }
+        fastcgi::encode_end_of_stream(&mut out, RecordType::Stdin, self.request_id);
+        out
+    }
 }
 
-/// Parse `--timeout`: positive seconds, fractions allowed.
-pub fn parse_timeout(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !(secs > 0.0 && secs <= 86_400.0) {
-        return Err(format!(
-            "the timeout must be above 0 and at most 86400 seconds, got {s}"
-        ));
+// ---- the CGI response ----------------------------------------------------------------
+
+/// Largest CGI header block accepted before the body starts. nginx gives up far earlier
+/// (`fastcgi_buffer_size`, 4-8 KiB); this only bounds memory against a peer that never
+/// ends its headers.
+pub const MAX_HEAD_LEN: usize = 1024 * 1024;
+
+/// Why a CGI response header block is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    /// No empty line within [`MAX_HEAD_LEN`] bytes.
+    #[error("response headers longer than {MAX_HEAD_LEN} bytes (no empty line ends them)")]
+    TooLarge,
+    /// A header line without a colon or with an invalid name.
+    #[error("invalid response header line {0:?}")]
+    BadLine(String),
+    /// A `Status:` header that does not start with a 3-digit code.
+    #[error("invalid Status header {0:?} (expected e.g. \"404 Not Found\")")]
+    BadStatus(String),
+    /// The output ended before the empty line closing the headers.
+    #[error("response ended inside the headers (no empty line after them)")]
+    Incomplete,
+}
+
+/// A CGI response, as an application writes it to FCGI_STDOUT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgiResponse {
+    /// From the `Status:` header; 200 when there is none (CGI/1.1).
+    pub status: u16,
+    /// The reason phrase of the `Status:` header; `OK` when there is none.
+    pub reason: String,
+    /// The other headers in the order sent, values trimmed. Bytes are taken as latin-1,
+    /// as they are on the wire (PEP 3333 native strings).
+    pub headers: Vec<(String, String)>,
+    /// Everything after the empty line ending the headers.
+    pub body: Vec<u8>,
+}
+
+impl CgiResponse {
+    /// Parse a complete FCGI_STDOUT: header block, empty line, body.
+    pub fn parse(stdout: &[u8]) -> Result<CgiResponse, HeadError> {
+        let len = head_len(stdout).ok_or(HeadError::Incomplete)?;
+        let mut response = CgiResponse::parse_head(&stdout[..len])?;
+        response.body = stdout[len..].to_vec();
+        Ok(response)
     }
-    Ok(Duration::from_secs_f64(secs))
+
+    /// Parse a header block alone (as measured by [`head_len`]); the body is left empty.
+    pub fn parse_head(block: &[u8]) -> Result<CgiResponse, HeadError> {
+        let mut status = None;
+        let mut headers = Vec::new();
+        for line in block.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                break;
+            }
+            let text: String = line.iter().map(|&b| b as char).collect();
+            let (name, value) = text
+                .split_once(':')
+                .ok_or_else(|| HeadError::BadLine(text.clone()))?;
+            if name.is_empty() || !name.bytes().all(is_token_byte) {
+                return Err(HeadError::BadLine(text.clone()));
+            }
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("status") {
+                // Only the first Status counts, as in nginx; a repeat is an ordinary header.
+                if status.is_none() {
+                    status = Some(parse_status(value)?);
+                    continue;
+                }
+            }
+            headers.push((name.to_string(), value.to_string()));
+        }
+        let (status, reason) = status.unwrap_or((200, "OK".into()));
+        Ok(CgiResponse {
+            status,
+            reason,
+            headers,
+            body: Vec::new(),
+        })
+    }
+
+    /// Values of every header named `name` (case-insensitive), in order.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.all(name).into_iter().next()
+    }
+}
+
+/// Length of the header block at the front of `buf`, up to and including the empty line
+/// that ends it; `None` while that line has not arrived. Lines may end in CRLF or LF.
+pub fn head_len(buf: &[u8]) -> Option<usize> {
+    let mut start = 0;
+    while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
+        let line = &buf[start..start + nl];
+        if line.is_empty() || line == b"\r" {
+            return Some(start + nl + 1);
+        }
+        start += nl + 1;
+    }
+    None
+}
+
+/// The code and reason phrase of a `Status:` value such as `404 Not Found`.
+fn parse_status(value: &str) -> Result<(u16, String), HeadError> {
+    let bad = || HeadError::BadStatus(value.to_string());
+    let code = value.get(..3).ok_or_else(bad)?;
+    let rest = &value[3..];
+    if !code.bytes().all(|b| b.is_ascii_digit()) || !(rest.is_empty() || rest.starts_with(' ')) {
+        return Err(bad());
+    }
+    match code.parse::<u16>() {
+        Ok(c) if c >= 100 => Ok((c, rest.trim_start().to_string())),
+        _ => Err(bad()),
+    }
 }
 
 /// RFC 9110 token characters, the ones allowed in a header name.
@@ -148,7 +401,82 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Where `pyfpm request` connects.
+/// What one piece of FCGI_STDOUT produced.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Fed<'a> {
+    /// Set when this piece completed the header block: its raw bytes, empty line
+    /// included.
+    pub head: Option<Vec<u8>>,
+    /// Body bytes to pass on (may be empty).
+    pub body: Cow<'a, [u8]>,
+}
+
+/// Splits a response's FCGI_STDOUT into the CGI header block and the body as it
+/// arrives, whatever the record boundaries, so that a body can be passed on without
+/// holding all of it.
+#[derive(Debug, Default)]
+pub struct ResponseReader {
+    /// Bytes received while the header block is incomplete.
+    pending: Vec<u8>,
+    /// The parsed header block, once complete.
+    head: Option<CgiResponse>,
+}
+
+impl ResponseReader {
+    /// A reader that has seen nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Take the next piece of FCGI_STDOUT.
+    pub fn feed<'a>(&mut self, data: &'a [u8]) -> Result<Fed<'a>, HeadError> {
+        if self.head.is_some() {
+            return Ok(Fed {
+                head: None,
+                body: Cow::Borrowed(data),
+            });
+        }
+        self.pending.extend_from_slice(data);
+        let Some(len) = head_len(&self.pending) else {
+            if self.pending.len() > MAX_HEAD_LEN {
+                return Err(HeadError::TooLarge);
+            }
+            return Ok(Fed {
+                head: None,
+                body: Cow::Borrowed(&[]),
+            });
+        };
+        if len > MAX_HEAD_LEN {
+            return Err(HeadError::TooLarge);
+        }
+        let mut raw = std::mem::take(&mut self.pending);
+        let body = raw.split_off(len);
+        self.head = Some(CgiResponse::parse_head(&raw)?);
+        Ok(Fed {
+            head: Some(raw),
+            body: Cow::Owned(body),
+        })
+    }
+
+    /// The parsed header block (with an empty body), once it is complete.
+    pub fn head(&self) -> Option<&CgiResponse> {
+        self.head.as_ref()
+    }
+
+    /// The response status once the request has ended: `Ok(None)` when nothing at all
+    /// was sent, an error when the header block never ended.
+    pub fn finish(&self) -> Result<Option<u16>, HeadError> {
+        match &self.head {
+            Some(head) => Ok(Some(head.status)),
+            None if self.pending.is_empty() => Ok(None),
+            None => Err(HeadError::Incomplete),
+        }
+    }
+}
+
+// ---- the connection ------------------------------------------------------------------
+
+/// Where to connect.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     /// A Unix-domain socket.
@@ -172,7 +500,7 @@ impl fmt::Display for Target {
     }
 }
 
-/// Parse ADDR: `unix:/path`, `/path`, `host:port` or `[v6]:port`.
+/// Parse an address: `unix:/path`, `/path`, `host:port` or `[v6]:port`.
 pub fn parse_address(s: &str) -> Result<Target, String> {
     const FORMS: &str = "use unix:/path/to.sock, /path/to.sock, host:port or [v6]:port";
     if let Some(path) = s.strip_prefix("unix:") {
@@ -215,287 +543,521 @@ pub fn parse_address(s: &str) -> Result<Target, String> {
     })
 }
 
-/// FastCGI parameters as sent, in order.
-pub type ParamList = Vec<(Vec<u8>, Vec<u8>)>;
-
-/// Build the FastCGI parameters for a request, mirroring nginx's stock `fastcgi_params`
-/// followed by the request headers as `HTTP_*`, then applying `--param` overrides.
-///
-/// `body_len` is `Some` when a body is sent: it becomes CONTENT_LENGTH (unless a
-/// `Content-Length` header says otherwise) and a default CONTENT_TYPE. Like nginx,
-/// CONTENT_TYPE and CONTENT_LENGTH are sent empty when there is nothing to say.
-pub fn build_params(
-    method: &str,
-    path: &str,
-    headers: &[HeaderArg],
-    overrides: &[ParamArg],
-    body_len: Option<usize>,
-) -> ParamList {
-    let (uri_path, query) = match path.split_once('?') {
-        Some((p, q)) => (p, q),
-        None => (path, ""),
-    };
-    // nginx's $fastcgi_script_name / $document_uri are the decoded path.
-    let decoded = percent_decode(uri_path.as_bytes());
-
-    let mut content_type = body_len.map(|_| DEFAULT_BODY_CONTENT_TYPE.to_string());
-    let mut content_length = body_len.map(|n| n.to_string());
-    // HTTP_* in first-seen order; repeated names joined as nginx (>= 1.23) joins them.
-    let mut http: Vec<(String, String)> = vec![("HTTP_HOST".into(), "localhost".into())];
-    let mut host_given = false;
-    for h in headers {
-        if h.name.eq_ignore_ascii_case("content-type") {
-            content_type = Some(h.value.clone());
-            continue;
-        }
-        if h.name.eq_ignore_ascii_case("content-length") {
-            content_length = Some(h.value.clone());
-            continue;
-        }
-        let key = format!("HTTP_{}", h.name.to_ascii_uppercase().replace('-', "_"));
-        if key == "HTTP_HOST" && !host_given {
-            // The first Host header replaces the default instead of joining it.
-            host_given = true;
-            http[0].1 = h.value.clone();
-            continue;
-        }
-        let separator = if key == "HTTP_COOKIE" { "; " } else { ", " };
-        match http.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, v)) => {
-                v.push_str(separator);
-                v.push_str(&h.value);
-            }
-            None => http.push((key, h.value.clone())),
-        }
-    }
-
-    let version = concat!("pyfpm-request/", env!("CARGO_PKG_VERSION"));
-    let mut params: ParamList = Vec::with_capacity(20 + http.len());
-    let mut push = |name: &str, value: &[u8]| params.push((name.into(), value.to_vec()));
-    push("QUERY_STRING", query.as_bytes());
-    push("REQUEST_METHOD", method.as_bytes());
-    push(
-        "CONTENT_TYPE",
-        content_type.as_deref().unwrap_or("").as_bytes(),
-    );
-    push(
-        "CONTENT_LENGTH",
-        content_length.as_deref().unwrap_or("").as_bytes(),
-    );
-    push("SCRIPT_NAME", &decoded);
-    push("REQUEST_URI", path.as_bytes());
-    push("DOCUMENT_URI", &decoded);
-    push("DOCUMENT_ROOT", b"");
-    push("SERVER_PROTOCOL", b"HTTP/1.1");
-    push("REQUEST_SCHEME", b"http");
-    push("GATEWAY_INTERFACE", b"CGI/1.1");
-    push("SERVER_SOFTWARE", version.as_bytes());
-    push("REMOTE_ADDR", b"127.0.0.1");
-    push("REMOTE_PORT", b"0");
-    push("SERVER_ADDR", b"127.0.0.1");
-    push("SERVER_PORT", b"80");
-    push("SERVER_NAME", b"localhost");
-    for (k, v) in &http {
-        push(k, v.as_bytes());
-    }
-
-    // Every --param name drops the defaults of that name; the set values are appended in
-    // the order given, so repeating a name sends duplicates on purpose.
-    params.retain(|(k, _)| !overrides.iter().any(|o| o.name.as_bytes() == k.as_slice()));
-    for o in overrides {
-        if let Some(v) = &o.value {
-            params.push((o.name.clone().into_bytes(), v.clone().into_bytes()));
-        }
-    }
-    params
+/// A connected socket of either family.
+#[derive(Debug)]
+pub enum Stream {
+    /// Unix-domain.
+    Unix(UnixStream),
+    /// TCP.
+    Tcp(TcpStream),
 }
 
-/// Decode `%XX` escapes; a `%` not followed by two hex digits is kept as is.
-fn percent_decode(input: &[u8]) -> Vec<u8> {
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        if input[i] == b'%' && i + 2 < input.len() {
-            if let (Some(h), Some(l)) = (hex(input[i + 1]), hex(input[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
+impl Stream {
+    /// Connect before `deadline`; a timeout is reported as `ErrorKind::TimedOut`.
+    pub fn connect(target: &Target, deadline: Instant) -> io::Result<Stream> {
+        match target {
+            Target::Unix(path) => connect_unix(path, deadline).map(Stream::Unix),
+            Target::Tcp { host, port } => {
+                let mut last = None;
+                for addr in (host.as_str(), *port).to_socket_addrs()? {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining.is_zero() {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                    match TcpStream::connect_timeout(&addr, remaining) {
+                        Ok(s) => {
+                            // Small records go out at once rather than waiting for ACKs.
+                            let _ = s.set_nodelay(true);
+                            return Ok(Stream::Tcp(s));
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, "the host name has no address")
+                }))
             }
         }
-        out.push(input[i]);
-        i += 1;
-    }
-    out
-}
-
-/// Encode the whole request: BEGIN_REQUEST (responder, no keep-alive), the PARAMS stream
-/// and the STDIN stream (the body, if any, then its end), as nginx sends them.
-pub fn encode_request(params: &ParamList, body: Option<&[u8]>) -> BytesMut {
-    let mut out = BytesMut::with_capacity(1024 + body.map_or(0, <[u8]>::len));
-    fastcgi::encode_begin_request(&mut out, REQUEST_ID, Role::Responder, false);
-    fastcgi::encode_params(
-        &mut out,
-        REQUEST_ID,
-        params.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
-    );
-    if let Some(body) = body {
-        fastcgi::encode_stream(&mut out, RecordType::Stdin, REQUEST_ID, body);
-    }
-    fastcgi::encode_end_of_stream(&mut out, RecordType::Stdin, REQUEST_ID);
-    out
-}
-
-/// Why a CGI response header block is unusable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HeadError {
-    /// No empty line within [`MAX_HEAD_LEN`] bytes.
-    #[error("response headers longer than {MAX_HEAD_LEN} bytes (no empty line ends them)")]
-    TooLarge,
-    /// A header line without a colon or with an invalid name.
-    #[error("invalid response header line {0:?}")]
-    BadLine(String),
-    /// A `Status:` header that does not start with a 3-digit code.
-    #[error("invalid Status header {0:?} (expected e.g. \"404 Not Found\")")]
-    BadStatus(String),
-    /// The output ended before the empty line closing the headers.
-    #[error("response ended inside the headers (no empty line after them)")]
-    Incomplete,
-}
-
-/// The parsed CGI header block of a response.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResponseHead {
-    /// From the `Status:` header; 200 when there is none (CGI/1.1).
-    pub status: u16,
-    /// Every header in order, `Status` included, values trimmed.
-    pub headers: Vec<(String, String)>,
-}
-
-/// Length of the header block at the front of `buf`, up to and including the empty line
-/// that ends it; `None` while that line has not arrived. Lines may end in CRLF or LF.
-pub fn head_len(buf: &[u8]) -> Option<usize> {
-    let mut start = 0;
-    while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
-        let line = &buf[start..start + nl];
-        if line.is_empty() || line == b"\r" {
-            return Some(start + nl + 1);
-        }
-        start += nl + 1;
-    }
-    None
-}
-
-/// Parse a complete header block (as measured by [`head_len`]).
-pub fn parse_head(block: &[u8]) -> Result<ResponseHead, HeadError> {
-    let mut status = None;
-    let mut headers = Vec::new();
-    for line in block.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            break;
-        }
-        // Header bytes are latin-1 on the wire (PEP 3333 native strings).
-        let text: String = line.iter().map(|&b| b as char).collect();
-        let (name, value) = text
-            .split_once(':')
-            .ok_or_else(|| HeadError::BadLine(text.clone()))?;
-        if name.is_empty() || !name.bytes().all(is_token_byte) {
-            return Err(HeadError::BadLine(text.clone()));
-        }
-        let value = value.trim();
-        if status.is_none() && name.eq_ignore_ascii_case("status") {
-            status = Some(parse_status(value)?);
-        }
-        headers.push((name.to_string(), value.to_string()));
-    }
-    Ok(ResponseHead {
-        status: status.unwrap_or(200),
-        headers,
-    })
-}
-
-/// The code of a `Status:` value such as `404 Not Found`.
-fn parse_status(value: &str) -> Result<u16, HeadError> {
-    let bad = || HeadError::BadStatus(value.to_string());
-    let code = value.get(..3).ok_or_else(bad)?;
-    let rest = &value[3..];
-    if !code.bytes().all(|b| b.is_ascii_digit()) || !(rest.is_empty() || rest.starts_with(' ')) {
-        return Err(bad());
-    }
-    match code.parse::<u16>() {
-        Ok(c) if c >= 100 => Ok(c),
-        _ => Err(bad()),
-    }
-}
-
-/// What one piece of FCGI_STDOUT produced.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Fed<'a> {
-    /// Set when this piece completed the header block: the parsed head and its raw bytes.
-    pub head: Option<(ResponseHead, Vec<u8>)>,
-    /// Body bytes to pass on (may be empty).
-    pub body: Cow<'a, [u8]>,
-}
-
-/// Splits a response's FCGI_STDOUT into the CGI header block and the body, whatever the
-/// record boundaries.
-#[derive(Debug, Default)]
-pub struct ResponseReader {
-    /// Bytes received while the header block is incomplete.
-    pending: Vec<u8>,
-    /// The status, once the header block is complete.
-    status: Option<u16>,
-}
-
-impl ResponseReader {
-    /// A reader that has seen nothing.
-    pub fn new() -> Self {
-        Self::default()
     }
 
-    /// Take the next piece of FCGI_STDOUT.
-    pub fn feed<'a>(&mut self, data: &'a [u8]) -> Result<Fed<'a>, HeadError> {
-        if self.status.is_some() {
-            return Ok(Fed {
-                head: None,
-                body: Cow::Borrowed(data),
-            });
-        }
-        self.pending.extend_from_slice(data);
-        let Some(len) = head_len(&self.pending) else {
-            if self.pending.len() > MAX_HEAD_LEN {
-                return Err(HeadError::TooLarge);
-            }
-            return Ok(Fed {
-                head: None,
-                body: Cow::Borrowed(&[]),
-            });
-        };
-        if len > MAX_HEAD_LEN {
-            return Err(HeadError::TooLarge);
-        }
-        let mut raw = std::mem::take(&mut self.pending);
-        let body = raw.split_off(len);
-        let head = parse_head(&raw)?;
-        self.status = Some(head.status);
-        Ok(Fed {
-            head: Some((head, raw)),
-            body: Cow::Owned(body),
+    /// Another handle on the same socket (for writing from a second thread).
+    pub fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
         })
     }
 
-    /// The response status once the request has ended: `Ok(None)` when nothing at all
-    /// was sent, an error when the header block never ended.
-    pub fn finish(&self) -> Result<Option<u16>, HeadError> {
-        match self.status {
-            Some(s) => Ok(Some(s)),
-            None if self.pending.is_empty() => Ok(None),
-            None => Err(HeadError::Incomplete),
+    /// Bound every read (`None`: block as long as it takes).
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_read_timeout(t),
+            Stream::Tcp(s) => s.set_read_timeout(t),
         }
     }
+
+    /// Shut down one or both directions; also wakes a thread blocked on the socket.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.shutdown(how),
+            Stream::Tcp(s) => s.shutdown(how),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.flush(),
+            Stream::Tcp(s) => s.flush(),
+        }
+    }
+}
+
+/// Connect to a Unix socket before `deadline`. A blocking connect(2) to a socket whose
+/// backlog is full waits indefinitely on Linux, so connect non-blocking and retry on
+/// EAGAIN (what a full backlog returns; Unix sockets never report EINPROGRESS).
+fn connect_unix(path: &std::path::Path, deadline: Instant) -> io::Result<UnixStream> {
+    use nix::errno::Errno;
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+    use std::os::fd::AsRawFd;
+
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let addr = UnixAddr::new(path)?;
+    loop {
+        match connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => break,
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => {
+                if Instant::now() >= deadline {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let stream = UnixStream::from(fd);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+/// Why reading from a [`Connection`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The deadline or the read timeout passed.
+    #[error("timed out")]
+    TimedOut,
+    /// The socket failed.
+    #[error(transparent)]
+    Io(io::Error),
+    /// The peer sent bytes that are not valid FastCGI, or closed the connection inside
+    /// a record (how pyfpm aborts a response whose headers are already sent, so that a
+    /// truncated body cannot pass for a complete one).
+    #[error(transparent)]
+    Protocol(DecodeError),
+    /// The peer sent a valid record that makes no sense for the request being read.
+    #[error("{0}")]
+    Unexpected(String),
+    /// The peer closed the connection before END_REQUEST.
+    #[error("the connection closed before the end of the request")]
+    Closed,
+}
+
+/// One piece of a response, from [`Connection::next_part`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResponsePart {
+    /// A chunk of FCGI_STDOUT; empty at the end of the stream.
+    Stdout(Bytes),
+    /// A chunk of FCGI_STDERR; empty at the end of the stream.
+    Stderr(Bytes),
+    /// END_REQUEST: the request is over.
+    End {
+        /// CGI-style exit status.
+        app_status: u32,
+        /// Protocol status.
+        protocol_status: ProtocolStatus,
+    },
+}
+
+/// Everything that came back for one request, as collected by
+/// [`Connection::read_response`].
+#[derive(Clone, Debug, Default)]
+pub struct Response {
+    /// All FCGI_STDOUT bytes: the CGI response (see [`CgiResponse::parse`]).
+    pub stdout: Vec<u8>,
+    /// All FCGI_STDERR bytes.
+    pub stderr: Vec<u8>,
+    /// The sizes of the non-empty STDOUT records, in order: how the application cut its
+    /// output.
+    pub stdout_record_lens: Vec<usize>,
+    /// Whether the STDOUT stream was closed with an empty record.
+    pub stdout_closed: bool,
+    /// END_REQUEST's application status, if END_REQUEST arrived.
+    pub app_status: Option<u32>,
+    /// END_REQUEST's protocol status, if END_REQUEST arrived.
+    pub protocol_status: Option<ProtocolStatus>,
+    /// Set when the response ended in bytes that are not FastCGI or inside a record;
+    /// what arrived before is kept.
+    pub protocol_error: Option<DecodeError>,
+}
+
+impl Response {
+    /// Whether END_REQUEST arrived with FCGI_REQUEST_COMPLETE.
+    pub fn completed(&self) -> bool {
+        self.protocol_status == Some(ProtocolStatus::RequestComplete)
+    }
+}
+
+/// How long [`Connection::request`] lets the request's writer finish once the response
+/// has ended: an application that answered without reading the whole body on a kept
+/// connection is still reading (and dropping) the rest of it.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// A blocking web-server-side FastCGI connection: bytes go out as given, what comes back
+/// is decoded into events, pieces of one request's response or a whole [`Response`].
+#[derive(Debug)]
+pub struct Connection {
+    /// The socket.
+    stream: Stream,
+    /// Decoding state: bytes received but not yet returned as events.
+    decoder: ClientConnection,
+    /// The peer closed its end (no more bytes will come).
+    eof: bool,
+    /// Bound on each read, so a silent peer cannot hang the caller.
+    read_timeout: Option<Duration>,
+    /// Bound on all reads together (`pyfpm request --timeout` covers the whole response).
+    deadline: Option<Instant>,
+    /// Read buffer, kept between reads.
+    buf: Vec<u8>,
+}
+
+impl Connection {
+    /// Connect to `target` before `deadline`; a timeout is `ErrorKind::TimedOut`. Reads
+    /// are not bounded until [`set_read_timeout`](Self::set_read_timeout) or
+    /// [`set_deadline`](Self::set_deadline) says so.
+    pub fn connect(target: &Target, deadline: Instant) -> io::Result<Connection> {
+        Ok(Connection::new(Stream::connect(target, deadline)?))
+    }
+
+    /// Use an already connected socket.
+    pub fn new(stream: Stream) -> Connection {
+        Connection {
+            stream,
+            decoder: ClientConnection::new(),
+            eof: false,
+            read_timeout: None,
+            deadline: None,
+            buf: vec![0; 64 * 1024],
+        }
+    }
+
+    /// The socket, for raw access (bytes read from it directly bypass the decoder).
+    pub fn stream(&mut self) -> &mut Stream {
+        &mut self.stream
+    }
+
+    /// Bound each read (`None`: no bound).
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.read_timeout = timeout;
+    }
+
+    /// Bound all reads together: reading fails with [`ReadError::TimedOut`] from
+    /// `deadline` on (`None`: no bound).
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
+    /// Write `bytes` now, blocking until they are all written.
+    pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Write `bytes` from a second thread while `read` runs on this one, so that an
+    /// application answering before it has read a large body cannot deadlock the
+    /// exchange (both sides would otherwise block writing into full socket buffers).
+    ///
+    /// Once `read` returns, the writer gets `grace` to finish; a writer still blocked
+    /// then is writing to a peer that will not read, and the connection is shut down to
+    /// release it. Write errors are not reported: a peer that stopped reading shows up
+    /// in what `read` got (a closed connection, a missing response), and an early answer
+    /// makes them irrelevant. The error is from setting up the writer.
+    pub fn send_while<T>(
+        &mut self,
+        bytes: &[u8],
+        grace: Duration,
+        read: impl FnOnce(&mut Connection) -> T,
+    ) -> io::Result<T> {
+        let mut writer = self.stream.try_clone()?;
+        Ok(std::thread::scope(|scope| {
+            let sender = scope.spawn(move || {
+                let _ = writer.write_all(bytes);
+            });
+            let result = read(self);
+            let until = Instant::now() + grace;
+            while !sender.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if !sender.is_finished() {
+                let _ = self.stream.shutdown(Shutdown::Both);
+            }
+            let _ = sender.join();
+            result
+        }))
+    }
+
+    /// Send `request` and collect its response ([`read_response`](Self::read_response)),
+    /// writing as [`send_while`](Self::send_while) does with [`DRAIN_GRACE`].
+    pub fn request(&mut self, request: &Request) -> Result<Response, ReadError> {
+        let bytes = request.encode();
+        self.send_while(&bytes, DRAIN_GRACE, |c| c.read_response(request.request_id))
+            .map_err(ReadError::Io)?
+    }
+
+    /// The next record from the peer, whatever its request; `Ok(None)` once the peer
+    /// has closed the connection between records. A connection reset counts as closing:
+    /// it is how a peer that closes with unread input in its buffer ends up.
+    pub fn next_event(&mut self) -> Result<Option<ClientEvent>, ReadError> {
+        loop {
+            if let Some(event) = self.decoder.poll_event().map_err(ReadError::Protocol)? {
+                return Ok(Some(event));
+            }
+            if self.eof || !self.fill()? {
+                self.decoder.receive_eof().map_err(ReadError::Protocol)?;
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Read once into the decoder; false at the end of the stream.
+    fn fill(&mut self) -> Result<bool, ReadError> {
+        let timeout = match self.deadline {
+            Some(deadline) => {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    return Err(ReadError::TimedOut);
+                }
+                Some(self.read_timeout.map_or(remaining, |t| t.min(remaining)))
+            }
+            None => self.read_timeout,
+        };
+        self.stream
+            .set_read_timeout(timeout)
+            .map_err(ReadError::Io)?;
+        loop {
+            match self.stream.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.decoder.receive(&self.buf[..n]);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(ReadError::TimedOut);
+                }
+                Err(e) => return Err(ReadError::Io(e)),
+            }
+        }
+        self.eof = true;
+        Ok(false)
+    }
+
+    /// The next piece of the response to `request_id`. Anything else the peer sends
+    /// (records of another request, management records) is [`ReadError::Unexpected`],
+    /// since only one request is outstanding; the connection closing first is
+    /// [`ReadError::Closed`].
+    pub fn next_part(&mut self, request_id: u16) -> Result<ResponsePart, ReadError> {
+        let other_request = |record: &str, id: u16| {
+            ReadError::Unexpected(format!(
+                "{record} for request {id}, but only request {request_id} was sent"
+            ))
+        };
+        match self.next_event()?.ok_or(ReadError::Closed)? {
+            ClientEvent::Stdout { request_id: id, .. } if id != request_id => {
+                Err(other_request("FCGI_STDOUT", id))
+            }
+            ClientEvent::Stderr { request_id: id, .. } if id != request_id => {
+                Err(other_request("FCGI_STDERR", id))
+            }
+            ClientEvent::EndRequest { request_id: id, .. } if id != request_id => {
+                Err(other_request("FCGI_END_REQUEST", id))
+            }
+            ClientEvent::Stdout { data, .. } => Ok(ResponsePart::Stdout(data)),
+            ClientEvent::Stderr { data, .. } => Ok(ResponsePart::Stderr(data)),
+            ClientEvent::EndRequest {
+                app_status,
+                protocol_status,
+                ..
+            } => Ok(ResponsePart::End {
+                app_status,
+                protocol_status,
+            }),
+            ClientEvent::GetValuesResult { .. } => Err(ReadError::Unexpected(
+                "FCGI_GET_VALUES_RESULT that was not asked for".into(),
+            )),
+            ClientEvent::UnknownType { record_type } => Err(ReadError::Unexpected(format!(
+                "it answered FCGI_UNKNOWN_TYPE to record type {record_type}"
+            ))),
+        }
+    }
+
+    /// Collect the response to `request_id` up to END_REQUEST. A response cut short,
+    /// by the connection closing or by bytes that are not FastCGI, is returned as far as
+    /// it got, without END_REQUEST and with the reason in
+    /// [`Response::protocol_error`] when there is one: what arrived before is still
+    /// worth seeing. Timeouts, socket errors and unexpected records are errors.
+    pub fn read_response(&mut self, request_id: u16) -> Result<Response, ReadError> {
+        let mut r = Response::default();
+        loop {
+            match self.next_part(request_id) {
+                Ok(ResponsePart::Stdout(data)) if data.is_empty() => r.stdout_closed = true,
+                Ok(ResponsePart::Stdout(data)) => {
+                    r.stdout_record_lens.push(data.len());
+                    r.stdout.extend_from_slice(&data);
+                }
+                Ok(ResponsePart::Stderr(data)) => r.stderr.extend_from_slice(&data),
+                Ok(ResponsePart::End {
+                    app_status,
+                    protocol_status,
+                }) => {
+                    r.app_status = Some(app_status);
+                    r.protocol_status = Some(protocol_status);
+                    return Ok(r);
+                }
+                Err(ReadError::Closed) => return Ok(r),
+                Err(ReadError::Protocol(e)) => {
+                    r.protocol_error = Some(e);
+                    return Ok(r);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+// ---- pyfpm request -------------------------------------------------------------------
+
+/// The request id `pyfpm request` uses (any non-zero id would do).
+const REQUEST_ID: u16 = 1;
+
+/// Content type sent with `--data` when no `Content-Type` header is given (what curl does).
+const DEFAULT_BODY_CONTENT_TYPE: &str = "application/x-www-form-urlencoded";
+
+/// Options of `pyfpm request`.
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// Where to connect: `unix:/path/to.sock`, `/path/to.sock`, `host:port` or `[v6]:port`.
+    pub address: String,
+
+    /// Request path, with an optional `?query`.
+    #[arg(default_value = "/")]
+    pub path: String,
+
+    /// Request method (default GET, or POST when a body is given with --data).
+    #[arg(short = 'X', long = "method", value_name = "METHOD")]
+    pub method: Option<String>,
+
+    /// Add a request header `NAME: VALUE` (repeatable). Sent as HTTP_NAME; Content-Type and
+    /// Content-Length become CONTENT_TYPE and CONTENT_LENGTH; a repeated name is joined
+    /// with ", " (with "; " for Cookie), as nginx 1.23+ does.
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE", value_parser = parse_header_arg)]
+    pub headers: Vec<Header>,
+
+    /// Set a raw FastCGI parameter `NAME=VALUE` (repeatable), replacing the default of
+    /// that name; `NAME` without `=` removes it. Repeat a name to send it several times.
+    #[arg(short = 'p', long = "param", value_name = "NAME=VALUE", value_parser = parse_param_arg)]
+    pub params: Vec<Param>,
+
+    /// Request body: a string, `@FILE`, or `@-` for standard input. Sent as is (like curl's
+    /// --data-binary), with CONTENT_LENGTH set to its size.
+    #[arg(
+        short = 'd',
+        long = "data",
+        value_name = "DATA",
+        allow_hyphen_values = true
+    )]
+    pub data: Option<String>,
+
+    /// Print the response's CGI header block before the body.
+    #[arg(short = 'i', long = "include")]
+    pub include: bool,
+
+    /// Give up after this many seconds, counting the connection and the whole response.
+    #[arg(long = "timeout", value_name = "SECONDS", default_value = "10", value_parser = parse_timeout)]
+    pub timeout: Duration,
+}
+
+/// Parse `NAME: VALUE` for `--header`.
+pub fn parse_header_arg(s: &str) -> Result<Header, String> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected `NAME: VALUE`, got {s:?}"))?;
+    let name = name.trim();
+    if name.is_empty() || !name.bytes().all(is_token_byte) {
+        return Err(format!(
+            "{name:?} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)"
+        ));
+    }
+    Ok(Header {
+        name: name.to_string(),
+        value: value.trim().to_string(),
+    })
+}
+
+/// Parse `NAME=VALUE` (set) or `NAME` (remove) for `--param`.
+pub fn parse_param_arg(s: &str) -> Result<Param, String> {
+    let (name, value) = match s.split_once('=') {
+        Some((n, v)) => (n, Some(v.as_bytes().to_vec())),
+        None => (s, None),
+    };
+    if name.is_empty() {
+        return Err(format!("expected `NAME=VALUE` or `NAME`, got {s:?}"));
+    }
+    Ok(Param {
+        name: name.to_string(),
+        value,
+    })
+}
+
+/// Parse `--timeout`: positive seconds, fractions allowed.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 86_400.0) {
+        return Err(format!(
+            "the timeout must be above 0 and at most 86400 seconds, got {s}"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// The FastCGI name of a protocol status.
@@ -610,6 +1172,23 @@ pub enum RequestError {
     Output(Reason),
 }
 
+impl RequestError {
+    /// The error for a failed read from `target` under `--timeout timeout`.
+    fn from_read(e: ReadError, target: &Target, timeout: Duration) -> RequestError {
+        let target = target.clone();
+        match e {
+            ReadError::TimedOut => RequestError::Timeout { target, timeout },
+            ReadError::Io(e) => RequestError::Read {
+                target,
+                source: Reason(e),
+            },
+            ReadError::Protocol(source) => RequestError::Protocol { target, source },
+            ReadError::Unexpected(what) => RequestError::Unexpected { target, what },
+            ReadError::Closed => RequestError::Closed { target },
+        }
+    }
+}
+
 /// Run the request; returns the exit status.
 pub fn run(args: &RequestArgs) -> i32 {
     let target = match parse_address(&args.address) {
@@ -653,6 +1232,28 @@ fn load_body(data: &str) -> Result<Vec<u8>, RequestError> {
     }
 }
 
+/// The request the command line describes, with `body` as read from `--data`.
+pub fn build_request(args: &RequestArgs, body: Option<Vec<u8>>) -> Request {
+    let method = args
+        .method
+        .as_deref()
+        .unwrap_or(if body.is_some() { "POST" } else { "GET" });
+    let mut request = Request::new(method, &args.path);
+    request.headers = args.headers.clone();
+    if body.is_some()
+        && !args
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("content-type"))
+    {
+        request = request.header("Content-Type", DEFAULT_BODY_CONTENT_TYPE);
+    }
+    request.params = args.params.clone();
+    request.body = body;
+    request.request_id = REQUEST_ID;
+    request
+}
+
 /// Send the request and copy the response to `out` (body, and the header block first with
 /// `--include`) and FCGI_STDERR to `err`. Returns the response status.
 pub fn execute(
@@ -664,201 +1265,78 @@ pub fn execute(
     // Reading the body (maybe from a slow pipe) is not part of the --timeout budget.
     let body = args.data.as_deref().map(load_body).transpose()?;
     let deadline = Instant::now() + args.timeout;
-    let method = args
-        .method
-        .as_deref()
-        .unwrap_or(if body.is_some() { "POST" } else { "GET" });
-    let params = build_params(
-        method,
-        &args.path,
-        &args.headers,
-        &args.params,
-        body.as_ref().map(Vec::len),
-    );
-    let request = encode_request(&params, body.as_deref());
-    drop(body);
+    let bytes = build_request(args, body).encode();
 
-    let timeout_error = || RequestError::Timeout {
-        target: target.clone(),
-        timeout: args.timeout,
-    };
-    let mut stream = Stream::connect(target, deadline).map_err(|e| match e.kind() {
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => timeout_error(),
+    let connect_error = |e: io::Error| match e.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => RequestError::Timeout {
+            target: target.clone(),
+            timeout: args.timeout,
+        },
         _ => RequestError::Connect {
             target: target.clone(),
             source: Reason(e),
         },
-    })?;
-
-    let writer = stream.try_clone().map_err(|e| RequestError::Connect {
-        target: target.clone(),
-        source: Reason(e),
-    })?;
-    // The request is written from a second thread so that an application answering
-    // before it has read a large body cannot deadlock us: both sides would otherwise
-    // block writing into full socket buffers.
-    std::thread::scope(|scope| {
-        let sender = scope.spawn(move || {
-            let mut writer = writer;
-            let _ = writer.set_write_timeout(args.timeout);
-            // A failed write shows up on the reading side as a closed connection or a
-            // missing response; an early answer makes it irrelevant.
-            let _ = writer.write_all(&request);
-        });
-        let result = read_response(&mut stream, target, deadline, args.include, out, err).map_err(
-            |e| match e {
-                ReadFailure::Timeout => timeout_error(),
-                ReadFailure::Error(e) => e,
-            },
-        );
-        // Unblocks the sender if the peer stopped reading.
-        let _ = stream.shutdown();
-        let _ = sender.join();
-        result
+    };
+    let mut conn = Connection::connect(target, deadline).map_err(connect_error)?;
+    conn.set_deadline(Some(deadline));
+    // No grace for the writer: after this one request the connection is of no use.
+    conn.send_while(&bytes, Duration::ZERO, |conn| {
+        relay_response(conn, target, args, out, err)
     })
+    .map_err(connect_error)?
 }
 
-/// How the read loop failed.
-enum ReadFailure {
-    /// The deadline passed.
-    Timeout,
-    /// Anything else.
-    Error(RequestError),
-}
-
-impl From<RequestError> for ReadFailure {
-    fn from(e: RequestError) -> Self {
-        ReadFailure::Error(e)
-    }
-}
-
-/// Read records until END_REQUEST, streaming output as it arrives.
-fn read_response(
-    stream: &mut Stream,
+/// Read the response, streaming its output as it arrives.
+fn relay_response(
+    conn: &mut Connection,
     target: &Target,
-    deadline: Instant,
-    include: bool,
+    args: &RequestArgs,
     out: &mut dyn Write,
     err: &mut dyn Write,
-) -> Result<u16, ReadFailure> {
-    let mut conn = ClientConnection::new();
+) -> Result<u16, RequestError> {
     let mut reader = ResponseReader::new();
     let mut output = Output { out, open: true };
-    let mut buf = vec![0u8; 64 * 1024];
-    let unexpected = |what: String| RequestError::Unexpected {
+    let head_error = |source| RequestError::Head {
         target: target.clone(),
-        what,
+        source,
     };
     loop {
-        while let Some(event) = conn.poll_event().map_err(|source| RequestError::Protocol {
-            target: target.clone(),
-            source,
-        })? {
-            match event {
-                ClientEvent::Stdout { request_id, data } => {
-                    check_id(request_id, "FCGI_STDOUT").map_err(unexpected)?;
-                    let fed = reader.feed(&data).map_err(|source| RequestError::Head {
+        let part = conn
+            .next_part(REQUEST_ID)
+            .map_err(|e| RequestError::from_read(e, target, args.timeout))?;
+        match part {
+            ResponsePart::Stdout(data) => {
+                let fed = reader.feed(&data).map_err(head_error)?;
+                if args.include {
+                    if let Some(raw) = &fed.head {
+                        output.write(raw)?;
+                    }
+                }
+                output.write(&fed.body)?;
+            }
+            ResponsePart::Stderr(data) => {
+                // The application's error output is advisory; losing it must not change
+                // the outcome of the request.
+                let _ = err.write_all(&data).and_then(|()| err.flush());
+            }
+            ResponsePart::End {
+                protocol_status, ..
+            } => {
+                if protocol_status != ProtocolStatus::RequestComplete {
+                    return Err(RequestError::Rejected {
                         target: target.clone(),
-                        source,
-                    })?;
-                    if include {
-                        if let Some((_, raw)) = &fed.head {
-                            output.write(raw)?;
-                        }
-                    }
-                    output.write(&fed.body)?;
+                        status: protocol_status,
+                    });
                 }
-                ClientEvent::Stderr { request_id, data } => {
-                    check_id(request_id, "FCGI_STDERR").map_err(unexpected)?;
-                    // The application's error output is advisory; losing it must not
-                    // change the outcome of the request.
-                    let _ = err.write_all(&data).and_then(|()| err.flush());
-                }
-                ClientEvent::EndRequest {
-                    request_id,
-                    protocol_status,
-                    ..
-                } => {
-                    check_id(request_id, "FCGI_END_REQUEST").map_err(unexpected)?;
-                    if protocol_status != ProtocolStatus::RequestComplete {
-                        return Err(RequestError::Rejected {
-                            target: target.clone(),
-                            status: protocol_status,
-                        }
-                        .into());
-                    }
-                    return match reader.finish() {
-                        Ok(Some(status)) => Ok(status),
-                        Ok(None) => Err(RequestError::NoResponse {
-                            target: target.clone(),
-                        }
-                        .into()),
-                        Err(source) => Err(RequestError::Head {
-                            target: target.clone(),
-                            source,
-                        }
-                        .into()),
-                    };
-                }
-                ClientEvent::GetValuesResult { .. } => {
-                    return Err(
-                        unexpected("FCGI_GET_VALUES_RESULT that was not asked for".into()).into(),
-                    );
-                }
-                ClientEvent::UnknownType { record_type } => {
-                    return Err(unexpected(format!(
-                        "it answered FCGI_UNKNOWN_TYPE to record type {record_type}"
-                    ))
-                    .into());
-                }
+                return match reader.finish() {
+                    Ok(Some(status)) => Ok(status),
+                    Ok(None) => Err(RequestError::NoResponse {
+                        target: target.clone(),
+                    }),
+                    Err(source) => Err(head_error(source)),
+                };
             }
         }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(ReadFailure::Timeout);
-        }
-        stream
-            .set_read_timeout(remaining)
-            .map_err(|e| RequestError::Read {
-                target: target.clone(),
-                source: Reason(e),
-            })?;
-        match stream.read(&mut buf) {
-            Ok(0) => {
-                return Err(RequestError::Closed {
-                    target: target.clone(),
-                }
-                .into());
-            }
-            Ok(n) => conn.receive(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(ReadFailure::Timeout);
-            }
-            Err(e) => {
-                return Err(RequestError::Read {
-                    target: target.clone(),
-                    source: Reason(e),
-                }
-                .into());
-            }
-        }
-    }
-}
-
-/// Reject a record for a request we did not send.
-fn check_id(request_id: u16, record: &str) -> Result<(), String> {
-    if request_id == REQUEST_ID {
-        Ok(())
-    } else {
-        Err(format!(
-            "{record} for request {request_id}, but only request {REQUEST_ID} was sent"
-        ))
     }
 }
 
@@ -886,127 +1364,6 @@ impl Output<'_> {
     }
 }
 
-/// A connected socket of either family.
-enum Stream {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
-
-impl Stream {
-    /// Connect before `deadline`; a timeout is reported as `ErrorKind::TimedOut`.
-    fn connect(target: &Target, deadline: Instant) -> io::Result<Stream> {
-        match target {
-            Target::Unix(path) => connect_unix(path, deadline).map(Stream::Unix),
-            Target::Tcp { host, port } => {
-                let mut last = None;
-                for addr in (host.as_str(), *port).to_socket_addrs()? {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    if remaining.is_zero() {
-                        return Err(io::ErrorKind::TimedOut.into());
-                    }
-                    match TcpStream::connect_timeout(&addr, remaining) {
-                        Ok(s) => {
-                            // Small records go out at once rather than waiting for ACKs.
-                            let _ = s.set_nodelay(true);
-                            return Ok(Stream::Tcp(s));
-                        }
-                        Err(e) => last = Some(e),
-                    }
-                }
-                Err(last.unwrap_or_else(|| {
-                    io::Error::new(io::ErrorKind::NotFound, "the host name has no address")
-                }))
-            }
-        }
-    }
-
-    fn try_clone(&self) -> io::Result<Stream> {
-        Ok(match self {
-            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
-            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
-        })
-    }
-
-    fn set_read_timeout(&self, t: Duration) -> io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.set_read_timeout(Some(t)),
-            Stream::Tcp(s) => s.set_read_timeout(Some(t)),
-        }
-    }
-
-    fn set_write_timeout(&self, t: Duration) -> io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.set_write_timeout(Some(t)),
-            Stream::Tcp(s) => s.set_write_timeout(Some(t)),
-        }
-    }
-
-    fn shutdown(&self) -> io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.shutdown(Shutdown::Both),
-            Stream::Tcp(s) => s.shutdown(Shutdown::Both),
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.read(buf),
-            Stream::Tcp(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Unix(s) => s.write(buf),
-            Stream::Tcp(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Unix(s) => s.flush(),
-            Stream::Tcp(s) => s.flush(),
-        }
-    }
-}
-
-/// Connect to a Unix socket before `deadline`. A blocking connect(2) to a socket whose
-/// backlog is full waits indefinitely on Linux, so connect non-blocking and retry on
-/// EAGAIN (what a full backlog returns; Unix sockets never report EINPROGRESS).
-fn connect_unix(path: &std::path::Path, deadline: Instant) -> io::Result<UnixStream> {
-    use nix::errno::Errno;
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
-    use std::os::fd::AsRawFd;
-
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    let addr = UnixAddr::new(path)?;
-    loop {
-        match connect(fd.as_raw_fd(), &addr) {
-            Ok(()) => break,
-            Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => {
-                if Instant::now() >= deadline {
-                    return Err(io::ErrorKind::TimedOut.into());
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let stream = UnixStream::from(fd);
-    stream.set_nonblocking(false)?;
-    Ok(stream)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1019,12 +1376,25 @@ mod tests {
             .collect()
     }
 
-    fn header(s: &str) -> HeaderArg {
+    fn header(s: &str) -> Header {
         parse_header_arg(s).unwrap()
     }
 
-    fn param(s: &str) -> ParamArg {
+    fn param(s: &str) -> Param {
         parse_param_arg(s).unwrap()
+    }
+
+    fn args(path: &str) -> RequestArgs {
+        RequestArgs {
+            address: "/x.sock".into(),
+            path: path.into(),
+            method: None,
+            headers: Vec::new(),
+            params: Vec::new(),
+            data: None,
+            include: false,
+            timeout: Duration::from_secs(10),
+        }
     }
 
     #[test]
@@ -1097,7 +1467,7 @@ mod tests {
     fn header_and_param_arguments() {
         assert_eq!(
             header("X-Thing:  a: b  "),
-            HeaderArg {
+            Header {
                 name: "X-Thing".into(),
                 value: "a: b".into()
             }
@@ -1107,13 +1477,13 @@ mod tests {
         assert!(parse_header_arg(": x").is_err());
         assert_eq!(
             param("A=b=c"),
-            ParamArg {
+            Param {
                 name: "A".into(),
-                value: Some("b=c".into())
+                value: Some(b"b=c".to_vec())
             }
         );
         assert_eq!(param("A").value, None);
-        assert_eq!(param("A=").value, Some(String::new()));
+        assert_eq!(param("A=").value, Some(Vec::new()));
         assert!(parse_param_arg("=x").is_err());
     }
 
@@ -1128,7 +1498,7 @@ mod tests {
 
     #[test]
     fn default_params_mirror_nginx_fastcgi_params() {
-        let p = build_params("GET", "/a%20b/c?x=1&y=%41", &[], &[], None);
+        let p = Request::get("/a%20b/c?x=1&y=%41").params();
         let names: Vec<&[u8]> = p.iter().map(|(k, _)| k.as_slice()).collect();
         let expected: Vec<&[u8]> = vec![
             b"QUERY_STRING",
@@ -1164,45 +1534,42 @@ mod tests {
     }
 
     #[test]
-    fn a_body_sets_length_and_default_type() {
-        let p = build_params("POST", "/echo", &[], &[], Some(0));
+    fn a_body_sets_length_and_the_command_line_a_default_type() {
+        let p = build_request(&args("/echo"), Some(Vec::new())).params();
+        assert_eq!(get(&p, "REQUEST_METHOD"), [b"POST"]);
         assert_eq!(get(&p, "CONTENT_LENGTH"), [b"0"]);
         assert_eq!(
             get(&p, "CONTENT_TYPE"),
             [DEFAULT_BODY_CONTENT_TYPE.as_bytes()]
         );
-        let p = build_params(
-            "PUT",
-            "/",
-            &[
-                header("content-type: text/plain"),
-                header("Content-Length: 99"),
-            ],
-            &[],
-            Some(5),
-        );
+        let mut a = args("/");
+        a.method = Some("PUT".into());
+        a.headers = vec![
+            header("content-type: text/plain"),
+            header("Content-Length: 99"),
+        ];
+        let p = build_request(&a, Some(b"hello".to_vec())).params();
+        assert_eq!(get(&p, "REQUEST_METHOD"), [b"PUT"]);
         assert_eq!(get(&p, "CONTENT_TYPE"), [b"text/plain"]);
         assert_eq!(get(&p, "CONTENT_LENGTH"), [b"99"]);
         assert!(get(&p, "HTTP_CONTENT_TYPE").is_empty());
         assert!(get(&p, "HTTP_CONTENT_LENGTH").is_empty());
+        // The library itself adds no content type: nginx sends the client's, or nothing.
+        let p = Request::get("/").body(b"x".to_vec()).params();
+        assert_eq!(get(&p, "CONTENT_LENGTH"), [b"1"]);
+        assert_eq!(get(&p, "CONTENT_TYPE"), [b""]);
     }
 
     #[test]
     fn headers_become_http_params_and_repeats_are_joined() {
-        let p = build_params(
-            "GET",
-            "/",
-            &[
-                header("Host: example.org"),
-                header("X-Forwarded-For: 10.0.0.1"),
-                header("Accept: text/html"),
-                header("x-forwarded-for: 10.0.0.2"),
-                header("Cookie: a=1"),
-                header("Cookie: b=2"),
-            ],
-            &[],
-            None,
-        );
+        let p = Request::get("/")
+            .header("Host", "example.org")
+            .header("X-Forwarded-For", "10.0.0.1")
+            .header("Accept", "text/html")
+            .header("x-forwarded-for", "10.0.0.2")
+            .header("Cookie", "a=1")
+            .header("Cookie", "b=2")
+            .params();
         assert_eq!(get(&p, "HTTP_HOST"), [b"example.org"]);
         assert_eq!(get(&p, "HTTP_X_FORWARDED_FOR"), [b"10.0.0.1, 10.0.0.2"]);
         assert_eq!(get(&p, "HTTP_ACCEPT"), [b"text/html"]);
@@ -1211,19 +1578,15 @@ mod tests {
 
     #[test]
     fn params_override_remove_and_repeat() {
-        let p = build_params(
-            "GET",
-            "/x",
-            &[],
-            &[
-                param("SCRIPT_NAME="),
-                param("CONTENT_LENGTH"),
-                param("X_DUP=1"),
-                param("X_DUP=2"),
-                param("HTTPS=on"),
-            ],
-            None,
-        );
+        let mut a = args("/x");
+        a.params = vec![
+            param("SCRIPT_NAME="),
+            param("CONTENT_LENGTH"),
+            param("X_DUP=1"),
+            param("X_DUP=2"),
+            param("HTTPS=on"),
+        ];
+        let p = build_request(&a, None).params();
         assert_eq!(get(&p, "SCRIPT_NAME"), [b""]);
         assert!(get(&p, "CONTENT_LENGTH").is_empty());
         assert_eq!(get(&p, "X_DUP"), [b"1", b"2"]);
@@ -1233,39 +1596,78 @@ mod tests {
 
     #[test]
     fn percent_decoding_keeps_bad_escapes() {
-        assert_eq!(percent_decode(b"/caf%C3%A9"), "/café".as_bytes());
-        assert_eq!(percent_decode(b"%zz%4"), b"%zz%4");
-        assert_eq!(percent_decode(b"%"), b"%");
-        assert_eq!(percent_decode(b"a%2fb%2F"), b"a/b/");
+        let script_name = |uri: &str| {
+            let p = Request::get(uri).params();
+            get(&p, "SCRIPT_NAME")[0].to_vec()
+        };
+        assert_eq!(script_name("/caf%C3%A9"), "/café".as_bytes());
+        assert_eq!(script_name("%zz%4"), b"%zz%4");
+        assert_eq!(script_name("%"), b"%");
+        assert_eq!(script_name("a%2fb%2F"), b"a/b/");
     }
 
     #[test]
-    fn head_parsing() {
-        let block = b"Content-Type: text/plain\r\nStatus: 404 Not Found\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n";
-        assert_eq!(head_len(block), Some(block.len()));
-        let head = parse_head(block).unwrap();
-        assert_eq!(head.status, 404);
-        assert_eq!(head.headers.len(), 4);
-        assert_eq!(head.headers[2], ("Set-Cookie".into(), "a=1".into()));
+    fn encoding_cuts_the_body_into_stdin_records() {
+        let mut req = Request::get("/")
+            .body(b"0123456789".to_vec())
+            .keep_conn(true);
+        req.request_id = 7;
+        req.stdin_record_len = 4;
+        let wire = req.encode();
+        let mut head = BytesMut::new();
+        req.encode_head(&mut head);
+        assert!(wire.starts_with(&head));
+        let mut server = fastcgi::ServerConnection::new(fastcgi::ServerConfig::default());
+        server.receive(&wire);
+        let mut stdin = Vec::new();
+        while let Some(event) = server.poll_event().unwrap() {
+            match event {
+                fastcgi::Event::BeginRequest {
+                    request_id,
+                    role,
+                    keep_conn,
+                } => assert_eq!((request_id, role, keep_conn), (7, Role::Responder, true)),
+                fastcgi::Event::Stdin { data, .. } => stdin.push(data.to_vec()),
+                _ => {}
+            }
+        }
+        assert_eq!(stdin, [&b"0123"[..], b"4567", b"89", b""]);
+    }
 
-        assert_eq!(parse_head(b"X: y\n\n").unwrap().status, 200);
-        assert_eq!(parse_head(b"status:503\n\n").unwrap().status, 503);
-        assert_eq!(parse_head(b"\r\n").unwrap().headers, vec![]);
+    #[test]
+    fn cgi_response_parsing() {
+        let raw = b"Content-Type: text/plain\r\nStatus: 404 Not Found\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nbody\r\n\r\n";
+        let r = CgiResponse::parse(raw).unwrap();
+        assert_eq!((r.status, r.reason.as_str()), (404, "Not Found"));
+        assert_eq!(r.headers.len(), 3);
+        assert_eq!(r.headers[1], ("Set-Cookie".into(), "a=1".into()));
+        assert_eq!(r.all("set-cookie"), ["a=1", "b=2"]);
+        assert_eq!(r.header("content-type"), Some("text/plain"));
+        assert_eq!(r.body, b"body\r\n\r\n");
+
+        let r = CgiResponse::parse(b"X: y\n\n").unwrap();
+        assert_eq!((r.status, r.reason.as_str()), (200, "OK"));
+        assert_eq!(CgiResponse::parse(b"status:503\n\n").unwrap().status, 503);
+        assert_eq!(CgiResponse::parse(b"\r\n").unwrap().headers, vec![]);
+        assert_eq!(CgiResponse::parse(b"A: b\r\n"), Err(HeadError::Incomplete));
         assert_eq!(head_len(b"A: b\r\nC: d\r\n"), None);
         assert_eq!(head_len(b"A: b\n\nbody\n\n"), Some(6));
 
         assert!(matches!(
-            parse_head(b"junk\n\n"),
+            CgiResponse::parse(b"junk\n\n"),
             Err(HeadError::BadLine(_))
         ));
         assert!(matches!(
-            parse_head(b"bad name: x\n\n"),
+            CgiResponse::parse(b"bad name: x\n\n"),
             Err(HeadError::BadLine(_))
         ));
         for bad in ["Status: OK", "Status: 20", "Status: 2000", "Status: 099 x"] {
             let block = format!("{bad}\r\n\r\n");
             assert!(
-                matches!(parse_head(block.as_bytes()), Err(HeadError::BadStatus(_))),
+                matches!(
+                    CgiResponse::parse(block.as_bytes()),
+                    Err(HeadError::BadStatus(_))
+                ),
                 "{bad}"
             );
         }
@@ -1279,7 +1681,7 @@ mod tests {
         let mut start = 0;
         for &cut in cuts.iter().chain(std::iter::once(&stdout.len())) {
             let fed = r.feed(&stdout[start..cut]).unwrap();
-            if let Some((_, raw)) = fed.head {
+            if let Some(raw) = fed.head {
                 assert!(raw_head.is_empty(), "head reported twice");
                 raw_head = raw;
             }
@@ -1311,6 +1713,7 @@ mod tests {
 
         let mut r = ResponseReader::new();
         r.feed(b"Content-Type: text/plain\r\n").unwrap();
+        assert_eq!(r.head(), None);
         assert_eq!(r.finish(), Err(HeadError::Incomplete));
 
         let mut r = ResponseReader::new();
@@ -1345,9 +1748,14 @@ mod tests {
             "cannot connect to unix:/run/pyfpm/www.sock: No such file or directory"
         );
         let e = RequestError::Rejected {
-            target,
+            target: target.clone(),
             status: ProtocolStatus::Overloaded,
         };
         assert!(e.to_string().ends_with("FCGI_OVERLOADED"), "{e}");
+        let e = RequestError::from_read(ReadError::TimedOut, &target, Duration::from_millis(500));
+        assert_eq!(
+            e.to_string(),
+            "no complete response from unix:/run/pyfpm/www.sock within 0.5s (see --timeout)"
+        );
     }
 }

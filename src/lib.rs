@@ -7,7 +7,8 @@
 //!
 //! Module map:
 //! - [`cli`]: command-line flags and subcommands (declared once, with their docs).
-//! - [`client`]: `pyfpm request`, a one-shot FastCGI client (health checks, debugging).
+//! - [`client`]: a web-server-side FastCGI client: `pyfpm request` (health checks,
+//!   debugging) and the integration tests use it.
 //! - [`logging`]: tracing set-up: stderr or `error_log`, PHP-FPM-like levels.
 //! - [`manager`]: the supervisor: listeners, spawning, the main loop, signals.
 //! - [`worker_module`]: finding the worker extension this manager was built with.

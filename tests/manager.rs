@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::fcgi::{self, Addr, Conn, Request};
+use common::fcgi::{self, Addr, CgiResponseExt as _, Conn, Request};
 use common::{Pool, TestEnv, alive, wait_until};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

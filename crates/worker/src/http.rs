@@ -173,33 +173,6 @@ pub fn internal_error_response(head: bool) -> Vec<u8> {
     out
 }
 
-/// Decode `%XX` escapes. A `%` not followed by two hex digits is kept as it is (the way
-/// nginx treats it), so decoding never fails. `+` is not a space in a path.
-pub fn percent_decode(input: &[u8]) -> Vec<u8> {
-    fn hex(b: u8) -> Option<u8> {
-        match b {
-            b'0'..=b'9' => Some(b - b'0'),
-            b'a'..=b'f' => Some(b - b'a' + 10),
-            b'A'..=b'F' => Some(b - b'A' + 10),
-            _ => None,
-        }
-    }
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        if input[i] == b'%' && i + 2 < input.len() {
-            if let (Some(h), Some(l)) = (hex(input[i + 1]), hex(input[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(input[i]);
-        i += 1;
-    }
-    out
-}
-
 /// The path part of a REQUEST_URI: without the query string or fragment, and without
 /// the scheme and authority of an absolute-form target (`http://host/path`).
 pub fn request_uri_path(uri: &[u8]) -> &[u8] {
@@ -243,7 +216,10 @@ pub fn full_path(
     }
     match document_uri {
         Some(doc) if !doc.is_empty() => doc.to_vec(),
-        _ => percent_decode(request_uri_path(request_uri.unwrap_or_default())),
+        // A `%` not followed by two hex digits stays as it is (as nginx leaves it), so
+        // decoding never fails; `+` is not a space in a path.
+        _ => percent_encoding::percent_decode(request_uri_path(request_uri.unwrap_or_default()))
+            .collect(),
     }
 }
 
@@ -375,15 +351,16 @@ mod tests {
     }
 
     #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode(b"/a%20b"), b"/a b");
-        assert_eq!(percent_decode(b"/caf%C3%A9"), b"/caf\xc3\xa9");
-        assert_eq!(percent_decode(b"/%2f%2F"), b"///");
-        assert_eq!(percent_decode(b"/100%"), b"/100%");
-        assert_eq!(percent_decode(b"/%4"), b"/%4");
-        assert_eq!(percent_decode(b"/%zz%41"), b"/%zzA");
-        assert_eq!(percent_decode(b"a+b"), b"a+b");
-        assert_eq!(percent_decode(b""), b"");
+    fn request_uri_path_is_percent_decoded() {
+        let decoded = |uri: &[u8]| full_path(None, None, None, Some(uri));
+        assert_eq!(decoded(b"/a%20b"), b"/a b");
+        assert_eq!(decoded(b"/caf%C3%A9"), b"/caf\xc3\xa9");
+        assert_eq!(decoded(b"/%2f%2F"), b"///");
+        assert_eq!(decoded(b"/100%"), b"/100%");
+        assert_eq!(decoded(b"/%4"), b"/%4");
+        assert_eq!(decoded(b"/%zz%41"), b"/%zzA");
+        assert_eq!(decoded(b"a+b"), b"a+b");
+        assert_eq!(decoded(b""), b"");
     }
 
     #[test]
