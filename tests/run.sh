@@ -61,11 +61,11 @@ fi
 section "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets
 
-section "cargo test --workspace $*"
+section "cargo test --workspace --no-fail-fast $*"
 log="$(mktemp /tmp/pyfpm-tests.XXXXXX)"
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 
 # One closing line for the whole run (cargo prints one per test binary, the last of
 # which is often a crate's empty doctest run).

@@ -186,6 +186,11 @@ impl PoolSpawner<'_> {
             control_fd,
             fcgi_max_conns: pool.max_children,
             request_params_max: pool.request_params_max,
+            scoreboard_fd: -1,
+            max_requests: 0,
+            max_memory: 0,
+            request_terminate_timeout_ms: 0,
+            request_slowlog_timeout_ms: 0,
         }
     }
 

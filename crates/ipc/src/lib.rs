@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Bumped whenever [`WorkerSpec`] or the control messages change shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The version of the pyfpm build. Manager and worker module must carry the same one.
 pub const BUILD_ID: &str = env!("CARGO_PKG_VERSION");
@@ -29,7 +29,7 @@ pub const BUILD_MARKER_PREFIX: &str = "pyfpm-worker-build=";
 pub const BUILD_MARKER: &str = concat!(
     "pyfpm-worker-build=",
     env!("CARGO_PKG_VERSION"),
-    "/protocol=1"
+    "/protocol=2"
 );
 
 /// Environment variable holding the JSON-encoded [`WorkerSpec`].
@@ -73,6 +73,14 @@ pub mod exit {
 pub mod control {
     /// Written once the app is imported and the worker is about to accept.
     pub const READY: &str = "ready";
+    /// `retire REASON` (REASON: `max_requests` or `max_memory`): the worker reached a
+    /// recycling limit after finishing a request. It keeps serving until the manager has
+    /// started its replacement and sends SIGQUIT, so the pool's capacity never dips.
+    pub const RETIRE: &str = "retire";
+    /// `slowlog N` followed by exactly N bytes: one slow-log entry (a header line with
+    /// pool, pid, method and URI, then the Python stack), for the manager to append to
+    /// the pool's `slowlog` file (the manager owns every log file, so USR1 reopens them).
+    pub const SLOWLOG: &str = "slowlog";
 }
 
 /// One inherited listening socket.
@@ -114,6 +122,21 @@ pub struct WorkerSpec {
     pub fcgi_max_conns: u32,
     /// Largest accepted total size of a request's FCGI_PARAMS stream, in bytes.
     pub request_params_max: usize,
+    /// The pool's shared-memory scoreboard (a memfd; `-1` for none), which the worker
+    /// maps and updates in slot [`WorkerSpec::slot`].
+    pub scoreboard_fd: i32,
+    /// Ask to retire (see [`control::RETIRE`]) after this many requests; 0 = never. The
+    /// manager has already applied `pm.max_requests_jitter`.
+    pub max_requests: u64,
+    /// Ask to retire when the worker's RSS, checked after each request, exceeds this
+    /// many bytes; 0 = never.
+    pub max_memory: u64,
+    /// `request_terminate_timeout` in milliseconds (0 = none): the worker stops a request
+    /// that runs longer, answers 504 when it still can, and logs the Python stack.
+    pub request_terminate_timeout_ms: u64,
+    /// `request_slowlog_timeout` in milliseconds (0 = none): the worker sends a slow-log
+    /// entry (see [`control::SLOWLOG`]) for a request still running after this long.
+    pub request_slowlog_timeout_ms: u64,
 }
 
 impl WorkerSpec {
@@ -156,6 +179,11 @@ mod tests {
             control_fd: 7,
             fcgi_max_conns: 4,
             request_params_max: 1 << 20,
+            scoreboard_fd: 8,
+            max_requests: 500,
+            max_memory: 256 << 20,
+            request_terminate_timeout_ms: 30_000,
+            request_slowlog_timeout_ms: 5_000,
         };
         assert_eq!(WorkerSpec::from_json(&spec.to_json()).unwrap(), spec);
     }
