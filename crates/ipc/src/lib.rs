@@ -67,6 +67,10 @@ pub mod exit {
     pub const APP_LOAD_ERROR: i32 = 4;
     /// The worker module is from another pyfpm build than the manager. Fatal for the pool.
     pub const VERSION_MISMATCH: i32 = 5;
+    /// A request outlived `request_terminate_timeout` and did not stop when told to
+    /// (stuck in C code holding the GIL, or the app swallowed the timeout exception):
+    /// the worker's watchdog ended the process. The manager replaces it; no back-off.
+    pub const REQUEST_TIMEOUT_KILLED: i32 = 6;
 }
 
 /// Lines the worker writes on its control socket (one message per line, ASCII).

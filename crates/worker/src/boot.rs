@@ -2,15 +2,20 @@
 //! app, and tell the manager the worker is ready. Every failure here ends the worker
 //! with the exit code that tells the manager what went wrong (see [`pyfpm_ipc::exit`]).
 
+use crate::control::Control;
 use crate::log::{Level, log};
+use crate::monitor::{Limits, Monitor};
 use crate::serve::{Stop, Worker};
+use crate::watchdog::Watchdog;
 use crate::wsgi::{file_wrapper::FileWrapper, format_traceback};
 use pyfpm_ipc::{BUILD_ID, ListenerFd, PROTOCOL_VERSION, SPEC_ENV, WorkerSpec, control, exit};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
-use std::io::{self, Write};
+use scoreboard::{Scoreboard, SlotState};
+use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 
 /// Why the worker could not start; carries the exit code.
 #[derive(Debug)]
@@ -121,12 +126,32 @@ fn is_listening(fd: RawFd) -> bool {
     rc == 0 && value != 0
 }
 
-/// Take over the listening sockets and the control socket named by the spec.
-fn take_fds(spec: &WorkerSpec) -> Result<(Vec<(OwnedFd, ListenerFd)>, UnixStream), String> {
+/// The fds a worker takes over at start-up.
+struct Fds {
+    /// Listening sockets.
+    listeners: Vec<(OwnedFd, ListenerFd)>,
+    /// The control socket.
+    control: UnixStream,
+    /// The scoreboard memfd, when the spec names one.
+    scoreboard: Option<OwnedFd>,
+}
+
+/// Take over the listening sockets, the control socket and the scoreboard named by the
+/// spec.
+fn take_fds(spec: &WorkerSpec) -> Result<Fds, String> {
     if spec.listeners.is_empty() {
         return Err("the spec names no listening socket".to_string());
     }
     let mut seen: Vec<RawFd> = vec![spec.control_fd];
+    if spec.scoreboard_fd >= 0 {
+        if seen.contains(&spec.scoreboard_fd) {
+            return Err(format!(
+                "fd {} appears twice in the spec",
+                spec.scoreboard_fd
+            ));
+        }
+        seen.push(spec.scoreboard_fd);
+    }
     for l in &spec.listeners {
         if seen.contains(&l.fd) {
             return Err(format!("fd {} appears twice in the spec", l.fd));
@@ -146,7 +171,33 @@ fn take_fds(spec: &WorkerSpec) -> Result<(Vec<(OwnedFd, ListenerFd)>, UnixStream
         set_fd_flags(l.fd, true).map_err(|e| format!("{what}: fd {}: {e}", l.fd))?;
         listeners.push((fd, l.clone()));
     }
-    Ok((listeners, UnixStream::from(control)))
+    let scoreboard = if spec.scoreboard_fd >= 0 {
+        let fd = own_fd(spec.scoreboard_fd, "scoreboard")?;
+        set_fd_flags(spec.scoreboard_fd, false)
+            .map_err(|e| format!("scoreboard fd {}: {e}", spec.scoreboard_fd))?;
+        Some(fd)
+    } else {
+        None
+    };
+    Ok(Fds {
+        listeners,
+        control: UnixStream::from(control),
+        scoreboard,
+    })
+}
+
+/// Map the pool's scoreboard and check that the worker's slot is in it.
+fn open_scoreboard(spec: &WorkerSpec, fd: OwnedFd) -> Result<(Scoreboard, usize), String> {
+    let board =
+        Scoreboard::open(fd).map_err(|e| format!("scoreboard fd {}: {e}", spec.scoreboard_fd))?;
+    let index = spec.slot as usize;
+    if board.try_slot(index).is_none() {
+        return Err(format!(
+            "the scoreboard has {} slots, but this worker is slot {index}",
+            board.slots()
+        ));
+    }
+    Ok((board, index))
 }
 
 /// Import `module:callable` (callable may be a dotted attribute path; default
@@ -190,8 +241,16 @@ pub fn boot(py: Python<'_>) -> Result<Worker, BootError> {
     if let Ok(environ) = py.import("os").and_then(|os| os.getattr("environ")) {
         let _ = environ.call_method1("pop", (SPEC_ENV, py.None()));
     }
-    let (listeners, control) =
-        take_fds(&spec).map_err(|e| BootError::log(exit::BOOT_ERROR, format!("worker: {e}")))?;
+    let boot_error = |e: String| BootError::log(exit::BOOT_ERROR, format!("worker: {e}"));
+    let Fds {
+        listeners,
+        control,
+        scoreboard,
+    } = take_fds(&spec).map_err(boot_error)?;
+    let board = scoreboard
+        .map(|fd| open_scoreboard(&spec, fd))
+        .transpose()
+        .map_err(boot_error)?;
     // Signal handlers before the (possibly slow) app import: a SIGQUIT from the manager
     // then means "exit once ready" instead of SIGQUIT's default core dump.
     let stop = Stop::install(py, control).map_err(|e| {
@@ -213,10 +272,23 @@ pub fn boot(py: Python<'_>) -> Result<Worker, BootError> {
             ),
         )
     })?;
+    let control = Control::new(stop.control_socket())
+        .map(Arc::new)
+        .map_err(|e| boot_error(format!("control socket: {e}")))?;
+    // After the app import, so that an app registering its own handler for one of the
+    // watchdog's signals cannot silently disable the timeouts.
+    let watchdog = Watchdog::install(py, &spec, Arc::clone(&control)).map_err(|e| {
+        BootError::log(
+            exit::BOOT_ERROR,
+            format!(
+                "cannot set up request_terminate_timeout / request_slowlog_timeout: {}",
+                format_traceback(py, &e)
+            ),
+        )
+    })?;
     let file_wrapper = py.get_type::<FileWrapper>().unbind();
-    let mut control_socket = stop.control_socket();
-    control_socket
-        .write_all(format!("{}\n", control::READY).as_bytes())
+    control
+        .send(format!("{}\n", control::READY).as_bytes())
         .map_err(|e| {
             if e.kind() == io::ErrorKind::BrokenPipe {
                 // The manager is gone already: nothing to serve for.
@@ -241,7 +313,18 @@ pub fn boot(py: Python<'_>) -> Result<Worker, BootError> {
                 .join(", ")
         ),
     );
+    let monitor = Monitor::new(
+        board,
+        watchdog,
+        control,
+        Limits {
+            max_requests: spec.max_requests,
+            max_memory: spec.max_memory,
+        },
+    );
+    monitor.state(SlotState::Idle);
     Ok(Worker {
+        monitor,
         spec,
         app: app.unbind(),
         file_wrapper,

@@ -591,6 +591,47 @@ impl Conn {
         Ok(true)
     }
 
+    /// Replace an unsent response with `504 Gateway Timeout` (request_terminate_timeout
+    /// of `timeout` fired). `false` if headers were already sent.
+    pub fn send_gateway_timeout(
+        &mut self,
+        seq: u64,
+        timeout: std::time::Duration,
+    ) -> Result<bool, OpError> {
+        let req = self.current(seq)?;
+        if req.response.headers_sent {
+            return Ok(false);
+        }
+        if req.aborted {
+            return Ok(true);
+        }
+        req.response.headers_sent = true;
+        req.response.pending_headers = None;
+        req.response.status = 504;
+        let id = req.id;
+        let response = crate::report::gateway_timeout_response(timeout, req.response.head);
+        fcgi::encode_stream(&mut self.out, RecordType::Stdout, id, &response);
+        self.flush()?;
+        Ok(true)
+    }
+
+    /// Last resort before the process ends (the watchdog, while the app is stuck): if
+    /// nothing was sent for request `seq`, send the 504 and END_REQUEST at once, without
+    /// draining the request body (the worker is about to exit, so the connection's
+    /// future does not matter). `true` when the answer went out.
+    pub fn answer_and_end(&mut self, seq: u64, timeout: std::time::Duration) -> bool {
+        if !matches!(self.send_gateway_timeout(seq, timeout), Ok(true)) {
+            return false;
+        }
+        let Ok(req) = self.current(seq) else {
+            return false;
+        };
+        let id = req.id;
+        fcgi::encode_end_of_stream(&mut self.out, RecordType::Stdout, id);
+        fcgi::encode_end_request(&mut self.out, id, 0, ProtocolStatus::RequestComplete);
+        self.flush().is_ok()
+    }
+
     /// Abort a response whose headers are already sent: send `note` (and any buffered
     /// wsgi.errors text) as FCGI_STDERR, then a deliberately invalid record header, then
     /// close, with no END_REQUEST.

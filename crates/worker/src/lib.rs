@@ -34,14 +34,24 @@
 //! - [`conn`]: one connection: socket I/O, codec events, response and body state.
 //! - [`wsgi`]: one request through the app: environ, `wsgi.input`, `wsgi.errors`,
 //!   `start_response`/`write`, `wsgi.file_wrapper`, error handling.
+//! - [`monitor`]: per-request bookkeeping: scoreboard slot, watchdog, recycling.
+//! - [`watchdog`]: `request_slowlog_timeout` and `request_terminate_timeout` (stack
+//!   dumps via faulthandler, `RequestTimeout`, the last-resort exit).
+//! - [`control`]: messages to the manager (READY, retire, slowlog), one writer at a time.
+//! - [`recycle`], [`report`]: pure helpers (RSS, the retire rule; report texts).
 //! - [`http`]: pure helpers (status and header checks, paths, percent-decoding).
 //! - [`log`]: the log line protocol above.
 
 pub mod boot;
 pub mod conn;
+pub mod control;
 pub mod http;
 pub mod log;
+pub mod monitor;
+pub mod recycle;
+pub mod report;
 pub mod serve;
+pub mod watchdog;
 pub mod wsgi;
 
 use pyo3::prelude::*;
@@ -80,5 +90,9 @@ fn pyfpm_worker(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(serve_py, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<wsgi::file_wrapper::FileWrapper>()?;
+    m.add(
+        "RequestTimeout",
+        m.py().get_type::<watchdog::RequestTimeout>(),
+    )?;
     Ok(())
 }

@@ -34,6 +34,8 @@ pub struct Worker {
     pub listeners: Vec<(OwnedFd, ListenerFd)>,
     /// Stop requests.
     pub stop: Stop,
+    /// Scoreboard slot, watchdog, recycling.
+    pub monitor: crate::monitor::Monitor,
 }
 
 /// Result of waiting on some fds plus the stop sources.

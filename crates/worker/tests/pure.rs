@@ -11,3 +11,15 @@ mod http;
 #[allow(dead_code)]
 #[path = "../src/log.rs"]
 mod log;
+
+#[allow(dead_code)]
+#[path = "../src/control.rs"]
+mod control;
+
+#[allow(dead_code)]
+#[path = "../src/recycle.rs"]
+mod recycle;
+
+#[allow(dead_code)]
+#[path = "../src/report.rs"]
+mod report;

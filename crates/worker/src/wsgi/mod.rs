@@ -13,7 +13,10 @@
 //!   `Conn::abort_response`);
 //! - the web server went away (EPIPE, ECONNRESET): iteration stops, `close()` runs, an
 //!   info line is logged and the connection is dropped;
-//! - FCGI_ABORT_REQUEST: iteration stops, `close()` runs, END_REQUEST is sent.
+//! - FCGI_ABORT_REQUEST: iteration stops, `close()` runs, END_REQUEST is sent;
+//! - `request_terminate_timeout` fired (the watchdog raised `RequestTimeout` in the app,
+//!   see [`crate::watchdog`]): `close()` runs, then `504 Gateway Timeout` with a short
+//!   text body if nothing was sent yet, else the response is aborted as above.
 
 pub mod environ;
 pub mod errors;
@@ -23,6 +26,7 @@ pub mod start_response;
 
 use crate::conn::{ConnError, OpError, Shared, lock};
 use crate::log::{Level, log};
+use crate::monitor::Monitor;
 use crate::serve::Worker;
 use pyo3::exceptions::{
     PyBrokenPipeError, PyConnectionAbortedError, PyConnectionResetError, PyKeyboardInterrupt,
@@ -30,6 +34,7 @@ use pyo3::exceptions::{
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
+use scoreboard::SlotState;
 use std::io;
 
 /// Turn a failed operation of a request object into the Python exception the app sees.
@@ -69,6 +74,8 @@ enum Failure {
     Aborted,
     /// The connection failed.
     Conn(ConnError),
+    /// request_terminate_timeout fired before the app was even called.
+    TimedOut,
 }
 
 impl From<OpError> for Failure {
@@ -135,7 +142,8 @@ fn summary(py: Python<'_>, err: &PyErr) -> String {
     line.replace(['\r', '\n'], " ")
 }
 
-/// Serve the request whose params are complete on `shared`.
+/// Serve the request whose params are complete on `shared`, with the scoreboard, the
+/// watchdog and the recycling count kept up to date around it.
 pub fn run_request(py: Python<'_>, worker: &Worker, shared: &Shared) -> Outcome {
     let (params, role, seq) = {
         let conn = lock(shared);
@@ -148,6 +156,40 @@ pub fn run_request(py: Python<'_>, worker: &Worker, shared: &Shared) -> Outcome 
             None => return Outcome::Close,
         }
     };
+    {
+        let peer;
+        let client = match params.get(b"REMOTE_ADDR") {
+            Some(addr) if !addr.is_empty() => addr,
+            _ => {
+                peer = lock(shared).peer.clone();
+                peer.as_bytes()
+            }
+        };
+        worker.monitor.begin(
+            params.get(b"REQUEST_METHOD").unwrap_or(b"GET"),
+            params
+                .get(b"REQUEST_URI")
+                .or_else(|| params.get(b"DOCUMENT_URI"))
+                .unwrap_or(b""),
+            client,
+            shared,
+            seq,
+        );
+    }
+    let outcome = serve_request(py, worker, shared, params, role, seq);
+    worker.monitor.end();
+    outcome
+}
+
+/// The request itself: environ, app call, response, error handling.
+fn serve_request(
+    py: Python<'_>,
+    worker: &Worker,
+    shared: &Shared,
+    params: fastcgi::Params,
+    role: fastcgi::Role,
+    seq: u64,
+) -> Outcome {
     let built = (|| -> PyResult<_> {
         let input = Bound::new(py, input::Input::new(shared.clone(), seq))?.into_any();
         let errors = Bound::new(py, errors::Errors::new(shared.clone(), seq))?.into_any();
@@ -180,11 +222,27 @@ pub fn run_request(py: Python<'_>, worker: &Worker, shared: &Shared) -> Outcome 
         uri: &info.uri,
     };
 
-    let outcome = match worker.app.bind(py).call1((environ, start)) {
-        Err(err) => Err(Failure::App(err)),
-        Ok(result) => {
-            let streamed = stream(py, shared, seq, &result);
+    let monitor = &worker.monitor;
+    // The watchdog may raise RequestTimeout only between enter_app and leave_app: the
+    // app's code runs there, and nowhere else is such an exception expected.
+    let called = if monitor.enter_app() {
+        Some(worker.app.bind(py).call1((environ, start)))
+    } else {
+        None
+    };
+    let outcome = match called {
+        None => {
+            monitor.leave_app();
+            Err(Failure::TimedOut)
+        }
+        Some(Err(err)) => {
+            monitor.leave_app();
+            Err(Failure::App(err))
+        }
+        Some(Ok(result)) => {
+            let streamed = stream(py, monitor, shared, seq, &result);
             let closed = call_close(&result);
+            monitor.leave_app();
             match (streamed, closed) {
                 (Err(failure), Err(close_err)) => {
                     log(
@@ -224,6 +282,7 @@ pub fn run_request(py: Python<'_>, worker: &Worker, shared: &Shared) -> Outcome 
 /// Iterate the app's result and send each chunk as it comes.
 fn stream(
     py: Python<'_>,
+    monitor: &Monitor,
     shared: &Shared,
     seq: u64,
     result: &Bound<'_, PyAny>,
@@ -246,8 +305,11 @@ fn stream(
         if data.is_empty() {
             continue;
         }
+        monitor.state(SlotState::Writing);
         py.detach(|| lock(shared).send_body(seq, data, !single))?;
+        monitor.state(SlotState::Running);
     }
+    monitor.state(SlotState::Writing);
     py.detach(|| lock(shared).send_headers_if_pending(seq))
         .map_err(|e| match e {
             OpError::NotStarted => {
@@ -315,6 +377,27 @@ fn fail(
         }
         other => other,
     };
+    let failure = match (failure, worker.monitor.timed_out()) {
+        (Failure::TimedOut, timeout) => {
+            return timed_out(
+                py,
+                worker,
+                shared,
+                seq,
+                ctx,
+                timeout.unwrap_or_default(),
+                None,
+            );
+        }
+        (Failure::App(err), Some(timeout)) => {
+            let summary_line = summary(py, &err);
+            return timed_out(py, worker, shared, seq, ctx, timeout, Some(summary_line));
+        }
+        (Failure::Contract(msg), Some(timeout)) => {
+            return timed_out(py, worker, shared, seq, ctx, timeout, Some(msg));
+        }
+        (other, _) => other,
+    };
     let (detail, summary_line) = match failure {
         Failure::Conn(e) => {
             let mut conn = lock(shared);
@@ -349,6 +432,7 @@ fn fail(
             )
         }
         Failure::Contract(msg) => (msg.clone(), msg),
+        Failure::TimedOut => unreachable!("handled above"),
     };
     py.detach(|| {
         let mut conn = lock(shared);
@@ -389,6 +473,86 @@ fn fail(
                     ),
                 );
                 conn.close();
+                Outcome::Close
+            }
+        }
+    })
+}
+
+/// End a request stopped by request_terminate_timeout: 504 when nothing was sent yet,
+/// else abort the response. The watchdog already logged the Python stack; `ended_with`
+/// is how the app's code ended (normally `RequestTimeout: ...`).
+fn timed_out(
+    py: Python<'_>,
+    worker: &Worker,
+    shared: &Shared,
+    seq: u64,
+    ctx: &Context<'_>,
+    timeout: std::time::Duration,
+    ended_with: Option<String>,
+) -> Outcome {
+    let limit = crate::report::timeout_text(timeout);
+    let how = ended_with.map_or_else(
+        || "before the app was called".to_string(),
+        |s| format!("the app ended with {s}"),
+    );
+    // Each branch does its I/O first (the web server gets its answer at once), then
+    // waits for the watchdog's record with the stack, so that this line follows it.
+    let report_then_log = |level: Level, text: String| {
+        worker.monitor.wait_timeout_report();
+        log(level, text);
+    };
+    py.detach(|| {
+        let mut conn = lock(shared);
+        match conn.send_gateway_timeout(seq, timeout) {
+            Ok(true) => {
+                let line = format!(
+                    "pyfpm: {} {}: request timed out after {limit} \
+                     (request_terminate_timeout); answered 504\n",
+                    ctx.method, ctx.uri
+                );
+                let _ = conn.write_stderr(seq, line.as_bytes());
+                drop(conn);
+                let outcome = finish_detached(shared, ctx);
+                report_then_log(
+                    Level::Error,
+                    format!(
+                        "{ctx}: stopped by request_terminate_timeout ({limit}), {how}; \
+                         answered 504 Gateway Timeout"
+                    ),
+                );
+                outcome
+            }
+            Ok(false) => {
+                let line = format!(
+                    "pyfpm: {} {}: request timed out after {limit} \
+                     (request_terminate_timeout); response aborted after its headers \
+                     were sent\n",
+                    ctx.method, ctx.uri
+                );
+                conn.abort_response(seq, line.as_bytes());
+                drop(conn);
+                report_then_log(
+                    Level::Error,
+                    format!(
+                        "{ctx}: stopped by request_terminate_timeout ({limit}), {how}; the \
+                         response headers were already sent: the response is aborted"
+                    ),
+                );
+                Outcome::Close
+            }
+            Err(e) => {
+                let peer = conn.peer.clone();
+                conn.close();
+                drop(conn);
+                report_then_log(
+                    Level::Error,
+                    format!("{ctx}: stopped by request_terminate_timeout ({limit}), {how}"),
+                );
+                log(
+                    Level::Info,
+                    format!("{ctx}: {peer}: could not send the 504 response: {e}"),
+                );
                 Outcome::Close
             }
         }
