@@ -85,7 +85,7 @@ fn every_mistake_is_reported_with_its_position() {
             "{b}/pools.d/a.yaml:2:12: 'listen': 'localhost' is not an IP address; host names are not accepted, write an IP address such as 127.0.0.1:9000"
         ),
         format!(
-            "{b}/pools.d/a.yaml:3:7: 'pm': 'dynamic' is not supported in this version of pyfpm; only 'static' is (set pm.max_children to the number of workers)"
+            "{b}/pools.d/a.yaml:3:7: 'pm': invalid process manager 'dynamik' (static, dynamic or ondemand)"
         ),
         format!(
             "{b}/pools.d/a.yaml:4:3: unknown directive 'pm.max_chidren' in pool 'www'; did you mean 'pm.max_children'?"

@@ -3,8 +3,9 @@
 # everything, run every test. Extra arguments go to `cargo test` (e.g. `-- --nocapture`).
 #
 # Needs on the machine: the Rust toolchain, CPython 3.9+ with pip, a C compiler.
-# Installs when missing: nginx from Debian (for the end-to-end tests; the package is kept
-# from starting a system nginx) and the Python packages in tests/requirements.txt.
+# Installs when missing: nginx and wrk from Debian (for the end-to-end and load tests;
+# packages are kept from starting services) and the Python packages in
+# tests/requirements.txt.
 set -euo pipefail
 
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
@@ -20,14 +21,17 @@ have_nginx() {
     command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]
 }
 
-section "nginx (Debian package)"
-if have_nginx; then
-    echo "already installed: $( (command -v nginx || echo /usr/sbin/nginx) | head -n1)"
-else
-    # A policy-rc.d that exits 101 forbids maintainer scripts to start services, so the
-    # package does not start a system nginx on port 80. An existing policy is put back.
-    policy=/usr/sbin/policy-rc.d
-    backup=""
+have_wrk() {
+    command -v wrk >/dev/null 2>&1
+}
+
+# apt-get install "$@" with a policy-rc.d that exits 101 in place, which forbids
+# maintainer scripts to start services (so nginx does not start a system server on port
+# 80). An existing policy is put back. `apt-get update` runs once per script run.
+apt_updated=""
+apt_install_no_services() {
+    local policy=/usr/sbin/policy-rc.d
+    local backup=""
     if [ -e "$policy" ]; then
         backup="$(mktemp /tmp/policy-rc.d.XXXXXX)"
         as_root cp -p "$policy" "$backup"
@@ -44,11 +48,31 @@ else
     printf '#!/bin/sh\n# Temporary, from pyfpm tests/run.sh: start no services.\nexit 101\n' |
         as_root tee "$policy" >/dev/null
     as_root chmod 0755 "$policy"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx
+    if [ -z "$apt_updated" ]; then
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update
+        apt_updated=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
     restore_policy
     trap - EXIT
+}
+
+section "nginx (Debian package)"
+if have_nginx; then
+    echo "already installed: $( (command -v nginx || echo /usr/sbin/nginx) | head -n1)"
+else
+    apt_install_no_services nginx
     have_nginx || { echo "nginx is still missing after apt-get install" >&2; exit 1; }
+fi
+
+# wrk drives the reload-under-load test (nginx -> pyfpm, counting non-2xx and socket
+# errors).
+section "wrk (Debian package)"
+if have_wrk; then
+    echo "already installed: $(command -v wrk)"
+else
+    apt_install_no_services wrk
+    have_wrk || { echo "wrk is still missing after apt-get install" >&2; exit 1; }
 fi
 
 section "Python packages (tests/requirements.txt)"

@@ -9,8 +9,14 @@
 //! process-wide: with other threads around, a file they create meanwhile would get the
 //! temporary mask. Every descriptor is close-on-exec; the spawner clears that flag only
 //! in the child, only for the worker's own pool.
+//!
+//! Under systemd socket activation ([`bind_all_activated`]) an address is served by the
+//! inherited socket bound to the same place (compared by `getsockname`), never re-bound;
+//! its file belongs to the `.socket` unit and is never removed by us.
 
-use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage, UnixAddr};
+use nix::sys::socket::{
+    self, AddressFamily, SockFlag, SockType, SockaddrLike as _, SockaddrStorage, UnixAddr,
+};
 use nix::sys::stat::{Mode, umask};
 use nix::unistd::{Gid, Group, Uid, User};
 use pyfpm_config::{ListenAddr, PoolConfig};
@@ -92,12 +98,20 @@ pub struct Listener {
     /// For a Unix socket we created: (device, inode) of the file, so that on exit we
     /// unlink it only if it is still ours (not one another instance made since).
     unix_identity: Option<(u64, u64)>,
+    /// Passed by systemd (socket activation): its file and its lifetime are systemd's.
+    inherited: bool,
 }
 
 impl Listener {
     /// The raw descriptor number, inherited by workers under the same number.
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// Whether systemd passed this socket (socket activation) instead of us binding it.
+    /// Such a socket is never unlinked or re-bound by pyfpm.
+    pub fn is_inherited(&self) -> bool {
+        self.inherited
     }
 
     /// Remove the Unix socket file if it is still the one we created.
@@ -163,11 +177,75 @@ pub fn resolve_group(name: &str) -> Option<Gid> {
 /// Bind every listen address of every pool; the result is indexed like `pools`.
 /// On failure, the sockets bound so far are closed and their files removed.
 pub fn bind_all(pools: &[PoolConfig]) -> Result<Vec<Vec<Listener>>, ListenError> {
+    bind_all_activated(pools, Vec::new())
+}
+
+/// A listening socket systemd passed (socket activation), not yet given to a pool.
+#[derive(Debug)]
+pub struct ActivatedSocket {
+    /// The descriptor (close-on-exec).
+    pub fd: OwnedFd,
+    /// Its `FileDescriptorName=` from `LISTEN_FDNAMES`, for log lines.
+    pub name: Option<String>,
+}
+
+impl ActivatedSocket {
+    fn describe(&self) -> String {
+        match &self.name {
+            Some(name) => format!("fd {} ({name})", self.fd.as_raw_fd()),
+            None => format!("fd {}", self.fd.as_raw_fd()),
+        }
+    }
+}
+
+/// [`bind_all`], except that an address served by one of the `activated` sockets uses
+/// that socket instead of binding. Inherited sockets no pool listens on are logged and
+/// closed; so are descriptors that are not listening stream sockets.
+pub fn bind_all_activated(
+    pools: &[PoolConfig],
+    activated: Vec<ActivatedSocket>,
+) -> Result<Vec<Vec<Listener>>, ListenError> {
+    let mut candidates: Vec<(ListenAddr, ActivatedSocket)> = Vec::new();
+    for sock in activated {
+        match inherited_address(&sock.fd) {
+            Ok(addr) => candidates.push((addr, sock)),
+            Err(why) => tracing::warn!(
+                "systemd passed {}, which {why}; closing it (pyfpm needs ListenStream= \
+                 sockets with Accept=no)",
+                sock.describe()
+            ),
+        }
+    }
+    // Match first and close the leftovers before binding anything: a leftover may hold
+    // the very port a configured address is about to bind, and its warning must come
+    // before that bind's error.
+    let matched: Vec<Vec<Option<Listener>>> = pools
+        .iter()
+        .map(|pool| {
+            pool.listen
+                .iter()
+                .map(|addr| {
+                    let i = candidates
+                        .iter()
+                        .position(|(bound, _)| serves(addr, bound))?;
+                    let (_, sock) = candidates.remove(i);
+                    Some(adopt(pool, addr, sock))
+                })
+                .collect()
+        })
+        .collect();
+    for (bound, sock) in candidates {
+        tracing::warn!(
+            "systemd passed {} listening on {bound}, which no pool listens on; closing it \
+             (add the address to a pool's listen, or remove it from the .socket unit)",
+            sock.describe()
+        );
+    }
     let mut all: Vec<Vec<Listener>> = Vec::with_capacity(pools.len());
-    for pool in pools {
+    for (pool, slots) in pools.iter().zip(matched) {
         let mut mine = Vec::with_capacity(pool.listen.len());
-        for addr in &pool.listen {
-            match bind_one(pool, addr) {
+        for (addr, slot) in pool.listen.iter().zip(slots) {
+            match slot.map_or_else(|| bind_one(pool, addr), Ok) {
                 Ok(l) => mine.push(l),
                 Err(e) => {
                     for l in all.iter().flatten().chain(mine.iter()) {
@@ -180,6 +258,91 @@ pub fn bind_all(pools: &[PoolConfig]) -> Result<Vec<Vec<Listener>>, ListenError>
         all.push(mine);
     }
     Ok(all)
+}
+
+/// Give an inherited socket to `pool` for `addr`.
+fn adopt(pool: &PoolConfig, addr: &ListenAddr, sock: ActivatedSocket) -> Listener {
+    tracing::info!(
+        "[pool {}] using the socket systemd passed ({}) for {addr}",
+        pool.name,
+        sock.describe()
+    );
+    if matches!(addr, ListenAddr::Unix(_))
+        && (pool.listen_owner.is_some() || pool.listen_group.is_some())
+    {
+        tracing::info!(
+            "[pool {}] listen.owner, listen.group and listen.mode do not apply to {addr}: \
+             systemd created it (set SocketUser=, SocketGroup= and SocketMode= in the \
+             .socket unit)",
+            pool.name
+        );
+    }
+    Listener {
+        addr: addr.clone(),
+        fd: sock.fd,
+        // Not ours to unlink: the .socket unit owns the file.
+        unix_identity: None,
+        inherited: true,
+    }
+}
+
+/// Where an inherited socket listens, or why it cannot serve a pool.
+fn inherited_address(fd: &OwnedFd) -> Result<ListenAddr, String> {
+    match socket::getsockopt(fd, socket::sockopt::SockType) {
+        Ok(SockType::Stream) => {}
+        Ok(other) => return Err(format!("is a {other:?} socket, not a stream socket")),
+        Err(e) => return Err(format!("is not a socket ({e})")),
+    }
+    if !socket::getsockopt(fd, socket::sockopt::AcceptConn).unwrap_or(false) {
+        return Err("is not listening (a connection from Accept=yes?)".into());
+    }
+    let local: SockaddrStorage =
+        socket::getsockname(fd.as_raw_fd()).map_err(|e| format!("has no address ({e})"))?;
+    if let Some(unix) = local.as_unix_addr() {
+        return match unix.path() {
+            Some(path) => Ok(ListenAddr::Unix(path.to_path_buf())),
+            None => Err(
+                "is an abstract or unnamed Unix socket, which no listen entry \
+                         can name"
+                    .into(),
+            ),
+        };
+    }
+    if let Some(v4) = local.as_sockaddr_in() {
+        return Ok(ListenAddr::Tcp(SocketAddr::from(*v4)));
+    }
+    if let Some(v6) = local.as_sockaddr_in6() {
+        return Ok(ListenAddr::Tcp(SocketAddr::from(*v6)));
+    }
+    Err(format!(
+        "has an unsupported address family ({:?})",
+        local.family()
+    ))
+}
+
+/// Whether a socket listening on `bound` serves the configured address `configured`.
+///
+/// Unix paths match when equal or when they resolve to the same file (`/var/run` vs
+/// `/run`). TCP addresses match by IP and port; the `[::]` wildcard also takes a
+/// `0.0.0.0` socket on the same port, as [`bind_all`] falls back to on an IPv4-only
+/// host. Never the other way round: a configured `0.0.0.0` must not silently serve IPv6.
+pub fn serves(configured: &ListenAddr, bound: &ListenAddr) -> bool {
+    match (configured, bound) {
+        (ListenAddr::Unix(want), ListenAddr::Unix(have)) => {
+            want == have
+                || matches!(
+                    (std::fs::canonicalize(want), std::fs::canonicalize(have)),
+                    (Ok(a), Ok(b)) if a == b
+                )
+        }
+        (ListenAddr::Tcp(want), ListenAddr::Tcp(have)) => {
+            want.port() == have.port()
+                && (want.ip() == have.ip()
+                    || (is_unspecified_v6(*want)
+                        && matches!(have, SocketAddr::V4(v4) if v4.ip().is_unspecified())))
+        }
+        _ => false,
+    }
 }
 
 fn bind_one(pool: &PoolConfig, addr: &ListenAddr) -> Result<Listener, ListenError> {
@@ -293,6 +456,7 @@ fn bind_unix(pool: &PoolConfig, path: &Path) -> Result<Listener, ListenError> {
         addr: addr.clone(),
         fd,
         unix_identity: Some((meta.dev(), meta.ino())),
+        inherited: false,
     };
     let finish = || -> Result<(), ListenError> {
         // chmod as well: a mode with bits outside the umask's reach (none today) or a
@@ -320,6 +484,7 @@ fn bind_tcp(pool: &PoolConfig, addr: &ListenAddr, sa: SocketAddr) -> Result<List
             addr: addr.clone(),
             fd,
             unix_identity: None,
+            inherited: false,
         }),
         Err((step, e))
             if is_unspecified_v6(sa)
@@ -340,6 +505,7 @@ fn bind_tcp(pool: &PoolConfig, addr: &ListenAddr, sa: SocketAddr) -> Result<List
                 addr: addr.clone(),
                 fd,
                 unix_identity: None,
+                inherited: false,
             })
         }
         Err((step, e)) => Err(sys(pool, addr, step)(e)),
@@ -402,6 +568,7 @@ mod tests {
             clear_env: true,
             env: Default::default(),
             request_params_max: 1 << 20,
+            limits: Default::default(),
         }
     }
 
@@ -516,5 +683,136 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("bind"), "{text}");
+    }
+
+    fn activated(fd: impl Into<OwnedFd>, name: &str) -> ActivatedSocket {
+        ActivatedSocket {
+            fd: fd.into(),
+            name: Some(name.into()),
+        }
+    }
+
+    #[test]
+    fn an_inherited_unix_socket_is_used_and_its_file_never_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("www.sock");
+        let sock = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let fd_number = sock.as_raw_fd();
+        let p = pool(vec![
+            ListenAddr::Unix(path.clone()),
+            ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()),
+        ]);
+        let all = bind_all_activated(&[p], vec![activated(sock, "www.socket")]).unwrap();
+        let (unix, tcp) = (&all[0][0], &all[0][1]);
+        assert!(unix.is_inherited());
+        assert_eq!(unix.raw_fd(), fd_number, "the inherited descriptor itself");
+        assert_eq!(unix.addr, ListenAddr::Unix(path.clone()));
+        assert!(
+            !tcp.is_inherited(),
+            "an address systemd did not pass is bound"
+        );
+        assert!(socket::getsockopt(&tcp.fd, socket::sockopt::AcceptConn).unwrap());
+        for l in all.iter().flatten() {
+            l.remove_socket_file();
+        }
+        assert!(path.exists(), "the .socket unit's file must survive us");
+        assert!(matches!(probe_unix(&path), Probe::Live));
+    }
+
+    #[test]
+    fn a_unix_path_reached_through_a_symlink_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
+        let sock = std::os::unix::net::UnixListener::bind(dir.path().join("real/a.sock")).unwrap();
+        let configured = dir.path().join("link/a.sock");
+        let all = bind_all_activated(
+            &[pool(vec![ListenAddr::Unix(configured.clone())])],
+            vec![activated(sock, "a")],
+        )
+        .unwrap();
+        assert!(all[0][0].is_inherited());
+        assert_eq!(all[0][0].addr, ListenAddr::Unix(configured));
+    }
+
+    #[test]
+    fn an_inherited_tcp_socket_matches_by_ip_and_port() {
+        let sock = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        let all = bind_all_activated(
+            &[pool(vec![ListenAddr::Tcp(addr)])],
+            vec![activated(sock, "tcp")],
+        )
+        .unwrap();
+        assert!(all[0][0].is_inherited());
+        std::net::TcpStream::connect(addr).expect("the inherited socket still listens");
+    }
+
+    #[test]
+    fn tcp_matching_rules() {
+        let tcp = |s: &str| ListenAddr::Tcp(s.parse().unwrap());
+        assert!(serves(&tcp("127.0.0.1:9000"), &tcp("127.0.0.1:9000")));
+        assert!(!serves(&tcp("127.0.0.1:9000"), &tcp("127.0.0.1:9001")));
+        assert!(!serves(&tcp("127.0.0.1:9000"), &tcp("127.0.0.2:9000")));
+        assert!(serves(&tcp("[::]:9000"), &tcp("[::]:9000")));
+        // The IPv4-only fallback of a bare port...
+        assert!(serves(&tcp("[::]:9000"), &tcp("0.0.0.0:9000")));
+        // ...but a v4 wildcard never takes a dual-stack socket (it would serve IPv6).
+        assert!(!serves(&tcp("0.0.0.0:9000"), &tcp("[::]:9000")));
+        assert!(!serves(&tcp("[::1]:9000"), &tcp("127.0.0.1:9000")));
+        let unix = ListenAddr::Unix("/run/pyfpm/www.sock".into());
+        assert!(!serves(&unix, &tcp("127.0.0.1:9000")));
+        assert!(!serves(&tcp("127.0.0.1:9000"), &unix));
+        assert!(!serves(
+            &unix,
+            &ListenAddr::Unix("/run/pyfpm/other.sock".into())
+        ));
+    }
+
+    #[test]
+    fn unused_and_unusable_inherited_sockets_are_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let unused_path = dir.path().join("unused.sock");
+        let unused = std::os::unix::net::UnixListener::bind(&unused_path).unwrap();
+        let dgram_path = dir.path().join("dgram.sock");
+        let dgram = std::os::unix::net::UnixDatagram::bind(&dgram_path).unwrap();
+        // A stale socket file at the configured path: replaced by the ordinary bind.
+        let configured = dir.path().join("www.sock");
+        let idle = socket::socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        socket::bind(idle.as_raw_fd(), &UnixAddr::new(&configured).unwrap()).unwrap();
+        drop(idle); // leaves a stale file, which bind_unix replaces
+        let all = bind_all_activated(
+            &[pool(vec![ListenAddr::Unix(configured.clone())])],
+            vec![activated(unused, "unused"), activated(dgram, "dgram")],
+        )
+        .unwrap();
+        assert!(!all[0][0].is_inherited());
+        assert!(matches!(probe_unix(&configured), Probe::Live));
+        assert!(
+            matches!(probe_unix(&unused_path), Probe::Stale),
+            "the unused inherited listener must be closed"
+        );
+        let probe = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let sent = probe.send_to(b"x", &dgram_path);
+        assert_eq!(
+            sent.map_err(|e| e.kind()),
+            Err(io::ErrorKind::ConnectionRefused),
+            "the datagram socket must be closed"
+        );
+        all[0][0].remove_socket_file();
+    }
+
+    #[test]
+    fn a_non_listening_inherited_stream_socket_is_refused() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = OwnedFd::from(a);
+        let why = inherited_address(&fd).unwrap_err();
+        assert!(why.contains("not listening"), "{why}");
     }
 }

@@ -11,6 +11,7 @@
 //! Submodules:
 //! - [`listeners`]: binding Unix and TCP sockets safely.
 //! - [`spawn`]: starting one worker process (fds, env, privileges, death signal).
+//! - [`planner`]: the pure scaling planner (static, dynamic, ondemand).
 //! - [`pool`]: per-slot worker state and the pure decisions (what to spawn, back-off,
 //!   what an exit means).
 //! - [`output`]: worker stdout/stderr to log lines.
@@ -20,9 +21,12 @@
 pub mod daemon;
 pub mod listeners;
 pub mod output;
+pub mod planner;
 pub mod pool;
 pub mod spawn;
 pub mod supervisor;
+// systemd: sd_notify (Type=notify) and socket activation (LISTEN_FDS).
+pub mod systemd;
 
 use crate::cli::Cli;
 use crate::exit_code;
@@ -33,6 +37,9 @@ use std::path::PathBuf;
 /// Run the manager until it is told to stop; returns the exit status.
 pub fn run(cli: &Cli) -> i32 {
     spawn::cloexec_inherited_fds();
+    // systemd: take NOTIFY_SOCKET / LISTEN_FDS / WATCHDOG_USEC out of the environment
+    // while single-threaded and before daemonizing changes our pid (see systemd.rs).
+    systemd::capture_environment();
     let config = match pyfpm_config::load(&cli.config, pyfpm_config::CheckLevel::Interpreters) {
         Ok(config) => config,
         Err(errors) => {
@@ -143,7 +150,11 @@ fn start(
             Err(e) => return fail(&sink, notifier.as_mut(), daemonized, &e.to_string()),
         }
     }
-    let listeners = match listeners::bind_all(&config.pools) {
+    // systemd: report what its environment held, set the STATUS cadence, and serve
+    // the sockets it passed (socket activation) instead of binding those addresses.
+    systemd::configure(config.global.systemd_interval);
+    let activated = systemd::activated_sockets();
+    let listeners = match listeners::bind_all_activated(&config.pools, activated) {
         Ok(l) => l,
         Err(e) => return fail(&sink, notifier.as_mut(), daemonized, &e.to_string()),
     };

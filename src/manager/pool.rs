@@ -1,14 +1,15 @@
-//! The state of each pool's worker slots, and the pure decisions made on it: which
-//! slots to (re)spawn now, how long to back off after start-up failures, and what a
-//! worker's exit means.
+//! The state of each pool's worker slots, and the pure decisions made on it: how many
+//! workers may be started now (back-off after start-up failures), what a worker's exit
+//! means, and which workers count towards the pool's size.
 //!
 //! Nothing here touches processes, clocks or logs: the supervisor passes `now` in and
-//! acts on the answers, so every rule is unit-tested. The shape follows the nginx master
-//! cycle / gunicorn arbiter: one explicit state per slot; a later issue adds the dynamic
-//! and ondemand planners next to [`PoolState::slots_to_spawn`], and reload as one more
-//! reason to stop a worker.
+//! acts on the answers, so every rule is unit-tested. The scaling rules themselves are in
+//! [`super::planner`]. A slot index is also the worker's scoreboard slot; a pool has more
+//! slots than `pm.max_children` so that replacements can overlap the workers they replace.
 
+use super::planner::{self, Status};
 use nix::sys::signal::Signal;
+use scoreboard::SlotState;
 use std::time::{Duration, Instant};
 
 /// First back-off after a start-up failure; doubles with each further failure.
@@ -40,24 +41,93 @@ pub enum WorkerState {
     },
 }
 
+/// A worker that must be replaced: it keeps serving until its replacement is ready,
+/// then gets SIGQUIT (so the pool's capacity never dips).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retire {
+    /// Why, for log lines (`pm.max_requests (500)`, `emergency restart`).
+    pub reason: String,
+    /// The replacement once spawned: its slot and pid.
+    pub replacement: Option<(usize, i32)>,
+}
+
 /// A live worker process in a slot.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Worker {
     /// Its process id.
     pub pid: i32,
-    /// When it was spawned, for "exited after 2.211s".
+    /// When it was spawned, for "exited after 2.211s" and `pm.max_lifetime`.
     pub started: Instant,
     /// Its state.
     pub state: WorkerState,
+    /// The pool generation it belongs to (see [`PoolState::generation`]).
+    pub generation: u64,
+    /// Set once it is to be replaced.
+    pub retire: Option<Retire>,
+    /// When a worker stopped on its own (retired, idle) gets SIGKILL if still alive.
+    pub kill_at: Option<Instant>,
+    /// Since when it has been seen idle (none while busy or starting).
+    pub idle_since: Option<Instant>,
+    /// Its request count when last looked at (a change means it served in between).
+    pub seen_requests: u64,
+    /// Its `pm.max_requests` after jitter (0 = none), for log lines.
+    pub max_requests: u64,
 }
 
 impl Worker {
+    /// A worker just spawned.
+    pub fn new(pid: i32, started: Instant, generation: u64, max_requests: u64) -> Worker {
+        Worker {
+            pid,
+            started,
+            state: WorkerState::Starting,
+            generation,
+            retire: None,
+            kill_at: None,
+            idle_since: None,
+            seen_requests: 0,
+            max_requests,
+        }
+    }
+
     /// Whether the worker reached "ready" at some point.
     pub fn was_ready(&self) -> bool {
         match self.state {
             WorkerState::Starting => false,
             WorkerState::Ready => true,
             WorkerState::Stopping { was_ready, .. } => was_ready,
+        }
+    }
+
+    /// Whether it counts towards the pool's size: not stopping, not being replaced.
+    pub fn counted(&self) -> bool {
+        self.retire.is_none() && !matches!(self.state, WorkerState::Stopping { .. })
+    }
+
+    /// Update what is known from its scoreboard slot (`None`: no scoreboard) at `now`
+    /// and return what the planner sees.
+    pub fn observe(&mut self, slot: Option<(SlotState, u64)>, now: Instant) -> Status {
+        if self.state == WorkerState::Starting {
+            self.idle_since = None;
+            return Status::Starting;
+        }
+        let (state, requests) = slot.unwrap_or((SlotState::Idle, self.seen_requests));
+        let busy = matches!(
+            state,
+            SlotState::Reading | SlotState::Running | SlotState::Writing | SlotState::Finishing
+        );
+        if busy {
+            self.idle_since = None;
+            self.seen_requests = requests;
+            return Status::Busy;
+        }
+        // Idle now; a request served since the last look restarts the idle clock.
+        if self.idle_since.is_none() || requests != self.seen_requests {
+            self.idle_since = Some(now);
+        }
+        self.seen_requests = requests;
+        Status::Idle {
+            since: self.idle_since.unwrap_or(now),
         }
     }
 }
@@ -67,10 +137,20 @@ impl Worker {
 pub struct PoolState {
     /// Pool name, for logs.
     pub name: String,
-    /// One entry per worker slot (`pm.max_children` of them); `None` = no process.
-    /// A slot keeps its index across respawns: it is the worker's `slot` in its spec
-    /// and, later, its scoreboard entry.
+    /// One entry per slot; `None` = no process. A slot index is the worker's `slot` in
+    /// its spec and its scoreboard slot.
     pub slots: Vec<Option<Worker>>,
+    /// static: how many workers to keep (`pm.max_children`, moved by SIGTTIN/SIGTTOU).
+    pub target: u32,
+    /// dynamic: `pm.start_servers` have been spawned.
+    pub started: bool,
+    /// The planner's memory (spawn rate, max_children warning).
+    pub memory: planner::Memory,
+    /// The current generation: a worker of an older one is being replaced. Bumped by
+    /// [`PoolState::replace_all`] (emergency restart; reload reuses it).
+    pub generation: u64,
+    /// `process.max` was reached and logged; cleared by the next spawn.
+    pub warned_process_max: bool,
     /// Consecutive start-up failures since a worker last became ready. While it is
     /// non-zero only one worker is started at a time (a probe), so a broken app costs
     /// one interpreter start per back-off period, never `max_children` of them.
@@ -80,39 +160,41 @@ pub struct PoolState {
 }
 
 impl PoolState {
-    /// A pool with `slots` empty slots.
-    pub fn new(name: &str, slots: usize) -> PoolState {
+    /// A pool with `slots` empty slots keeping `target` workers (static).
+    pub fn new(name: &str, slots: usize, target: u32) -> PoolState {
         PoolState {
             name: name.to_string(),
             slots: vec![None; slots],
+            target,
+            started: false,
+            memory: planner::Memory::default(),
+            generation: 0,
+            warned_process_max: false,
             failures: 0,
             not_before: None,
         }
     }
 
-    /// Slots to spawn a worker in now. `accepting` is false once the manager is stopping.
-    pub fn slots_to_spawn(&self, now: Instant, accepting: bool) -> Vec<usize> {
-        if !accepting || self.not_before.is_some_and(|t| t > now) {
-            return Vec::new();
+    /// How many workers may be started now: none during a back-off, one probe at a
+    /// time while the pool has a failure streak, otherwise any number.
+    pub fn spawn_allowance(&self, now: Instant) -> u32 {
+        if self.not_before.is_some_and(|t| t > now) {
+            return 0;
         }
-        let empty = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.is_none())
-            .map(|(i, _)| i);
         if self.failures > 0 {
             let probing = self
                 .slots
                 .iter()
                 .flatten()
                 .any(|w| w.state == WorkerState::Starting);
-            if probing {
-                return Vec::new();
-            }
-            return empty.take(1).collect();
+            return u32::from(!probing);
         }
-        empty.collect()
+        u32::MAX
+    }
+
+    /// The lowest free slot.
+    pub fn free_slot(&self) -> Option<usize> {
+        self.slots.iter().position(Option::is_none)
     }
 
     /// The live worker with `pid` in `slot`, if the event is not stale.
@@ -120,13 +202,21 @@ impl PoolState {
         self.slots.get_mut(slot)?.as_mut().filter(|w| w.pid == pid)
     }
 
+    /// The live worker with `pid`, wherever it is.
+    pub fn find_mut(&mut self, pid: i32) -> Option<&mut Worker> {
+        self.slots.iter_mut().flatten().find(|w| w.pid == pid)
+    }
+
     /// A worker said "ready": the failure streak is over. Returns false for a stale event.
-    pub fn mark_ready(&mut self, slot: usize, pid: i32) -> bool {
+    pub fn mark_ready(&mut self, slot: usize, pid: i32, now: Instant) -> bool {
         let Some(w) = self.worker_mut(slot, pid) else {
             return false;
         };
         match w.state {
-            WorkerState::Starting => w.state = WorkerState::Ready,
+            WorkerState::Starting => {
+                w.state = WorkerState::Ready;
+                w.idle_since = Some(now);
+            }
             // Became ready after being told to stop: remember it for the exit verdict.
             WorkerState::Stopping { signal, .. } => {
                 w.state = WorkerState::Stopping {
@@ -139,6 +229,44 @@ impl PoolState {
         self.failures = 0;
         self.not_before = None;
         true
+    }
+
+    /// The worker that `pid` (a replacement) replaces, if any.
+    pub fn predecessor_of(&self, pid: i32) -> Option<i32> {
+        self.slots.iter().flatten().find_map(|w| {
+            w.retire
+                .as_ref()
+                .filter(|r| r.replacement.is_some_and(|(_, p)| p == pid))
+                .map(|_| w.pid)
+        })
+    }
+
+    /// Forget a replacement that died before it was ready, so another is started.
+    pub fn unlink_replacement(&mut self, pid: i32) {
+        for w in self.slots.iter_mut().flatten() {
+            if let Some(r) = &mut w.retire {
+                if r.replacement.is_some_and(|(_, p)| p == pid) {
+                    r.replacement = None;
+                }
+            }
+        }
+    }
+
+    /// Mark every counted worker for replacement (`reason` for the logs) and start a new
+    /// generation. Returns how many were marked.
+    pub fn replace_all(&mut self, reason: &str) -> usize {
+        self.generation += 1;
+        let mut n = 0;
+        for w in self.slots.iter_mut().flatten() {
+            if w.counted() {
+                w.retire = Some(Retire {
+                    reason: reason.to_string(),
+                    replacement: None,
+                });
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Record a start-up failure at `now` and return the wait before the next attempt.
@@ -164,9 +292,14 @@ impl PoolState {
             .any(|w| w.state == WorkerState::Ready)
     }
 
-    /// Number of live processes.
+    /// Number of live processes (stopping ones included: they are still processes).
     pub fn live(&self) -> usize {
         self.slots.iter().flatten().count()
+    }
+
+    /// Number of workers counting towards the pool's size.
+    pub fn counted(&self) -> u32 {
+        self.slots.iter().flatten().filter(|w| w.counted()).count() as u32
     }
 }
 
@@ -213,6 +346,11 @@ pub fn signal_name(signal: i32) -> &'static str {
 pub fn describe_exit(exit: Exit, lifetime: Duration, killed_by_us: bool) -> String {
     let after = format!("after {:.3}s", lifetime.as_secs_f64());
     match exit {
+        Exit::Code(pyfpm_ipc::exit::REQUEST_TIMEOUT_KILLED) => format!(
+            "exited with code {} {after}: a request outlived request_terminate_timeout and \
+             could not be stopped, so the worker ended itself",
+            pyfpm_ipc::exit::REQUEST_TIMEOUT_KILLED
+        ),
         Exit::Code(code) => format!("exited with code {code} {after}"),
         Exit::Signal {
             signal,
@@ -273,11 +411,9 @@ mod tests {
     use super::*;
 
     fn worker(pid: i32, state: WorkerState, now: Instant) -> Option<Worker> {
-        Some(Worker {
-            pid,
-            started: now,
-            state,
-        })
+        let mut w = Worker::new(pid, now, 0, 0);
+        w.state = state;
+        Some(w)
     }
 
     #[test]
@@ -288,45 +424,94 @@ mod tests {
     }
 
     #[test]
-    fn a_healthy_pool_fills_every_empty_slot_and_none_when_stopping() {
+    fn a_healthy_pool_may_spawn_any_number_into_free_slots() {
         let now = Instant::now();
-        let mut p = PoolState::new("www", 4);
-        p.slots[1] = worker(10, WorkerState::Ready, now);
-        assert_eq!(p.slots_to_spawn(now, true), vec![0, 2, 3]);
-        assert!(p.slots_to_spawn(now, false).is_empty());
+        let mut p = PoolState::new("www", 4, 2);
+        p.slots[0] = worker(10, WorkerState::Ready, now);
+        assert_eq!(p.spawn_allowance(now), u32::MAX);
+        assert_eq!(p.free_slot(), Some(1));
     }
 
     #[test]
     fn a_failing_pool_waits_then_probes_with_one_worker() {
         let t0 = Instant::now();
-        let mut p = PoolState::new("www", 3);
+        let mut p = PoolState::new("www", 3, 3);
         // A whole wave fails: counted once.
         assert_eq!(p.record_start_failure(t0), Duration::from_secs(1));
         let t1 = t0 + Duration::from_millis(300);
         assert_eq!(p.record_start_failure(t1), Duration::from_millis(700));
         assert_eq!(p.failures, 1);
-        assert!(p.slots_to_spawn(t1, true).is_empty());
+        assert_eq!(p.spawn_allowance(t1), 0);
         let t2 = t0 + Duration::from_secs(1);
-        assert_eq!(p.slots_to_spawn(t2, true), vec![0]);
+        assert_eq!(p.spawn_allowance(t2), 1);
         // While the probe is starting, nothing else is spawned.
         p.slots[0] = worker(11, WorkerState::Starting, t2);
-        assert!(p.slots_to_spawn(t2, true).is_empty());
+        assert_eq!(p.spawn_allowance(t2), 0);
         // The probe fails too: the delay doubles.
         p.slots[0] = None;
         assert_eq!(p.record_start_failure(t2), Duration::from_secs(2));
-        assert!(
-            p.slots_to_spawn(t2 + Duration::from_secs(1), true)
-                .is_empty()
-        );
+        assert_eq!(p.spawn_allowance(t2 + Duration::from_secs(1)), 0);
         let t3 = t2 + Duration::from_secs(2);
-        assert_eq!(p.slots_to_spawn(t3, true), vec![0]);
-        // The next probe becomes ready: the streak is over and the pool fills up.
+        assert_eq!(p.spawn_allowance(t3), 1);
+        // The next probe becomes ready: the streak is over.
         p.slots[0] = worker(12, WorkerState::Starting, t3);
-        assert!(!p.mark_ready(0, 999), "a stale pid is ignored");
-        assert!(p.mark_ready(0, 12));
+        assert!(!p.mark_ready(0, 999, t3), "a stale pid is ignored");
+        assert!(p.mark_ready(0, 12, t3));
         assert_eq!(p.failures, 0);
-        assert_eq!(p.slots_to_spawn(t3, true), vec![1, 2]);
+        assert_eq!(p.spawn_allowance(t3), u32::MAX);
         assert!(p.has_ready_worker());
+    }
+
+    #[test]
+    fn idle_time_is_observed_from_the_scoreboard() {
+        let t0 = Instant::now();
+        let t = |s| t0 + Duration::from_secs(s);
+        let mut w = Worker::new(1, t0, 0, 0);
+        assert_eq!(w.observe(None, t(0)), Status::Starting);
+        w.state = WorkerState::Ready;
+        assert_eq!(
+            w.observe(Some((SlotState::Idle, 0)), t(1)),
+            Status::Idle { since: t(1) }
+        );
+        assert_eq!(
+            w.observe(Some((SlotState::Idle, 0)), t(5)),
+            Status::Idle { since: t(1) },
+            "still idle: the clock keeps running"
+        );
+        assert_eq!(
+            w.observe(Some((SlotState::Idle, 3)), t(6)),
+            Status::Idle { since: t(6) },
+            "served requests between two looks: idle from now"
+        );
+        assert_eq!(w.observe(Some((SlotState::Running, 3)), t(7)), Status::Busy);
+        assert_eq!(
+            w.observe(Some((SlotState::Idle, 4)), t(8)),
+            Status::Idle { since: t(8) }
+        );
+    }
+
+    #[test]
+    fn replacements_are_linked_and_do_not_count_twice() {
+        let now = Instant::now();
+        let mut p = PoolState::new("www", 4, 2);
+        p.slots[0] = worker(10, WorkerState::Ready, now);
+        p.slots[1] = worker(11, WorkerState::Ready, now);
+        assert_eq!(p.replace_all("emergency restart"), 2);
+        assert_eq!(p.generation, 1);
+        assert_eq!(p.counted(), 0, "workers being replaced do not count");
+        p.slots[2] = worker(12, WorkerState::Starting, now);
+        p.slots[0]
+            .as_mut()
+            .unwrap()
+            .retire
+            .as_mut()
+            .unwrap()
+            .replacement = Some((2, 12));
+        assert_eq!(p.counted(), 1);
+        assert_eq!(p.predecessor_of(12), Some(10));
+        p.unlink_replacement(12);
+        assert_eq!(p.predecessor_of(12), None);
+        assert_eq!(p.live(), 3);
     }
 
     #[test]

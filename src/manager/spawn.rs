@@ -160,6 +160,10 @@ pub struct PoolSpawner<'a> {
     pub identity: Option<&'a Identity>,
     /// The manager's pid: a child whose parent is no longer this pid exits at once.
     pub manager_pid: i32,
+    /// The pool's scoreboard memfd, inherited by the worker (`None`: no scoreboard).
+    pub scoreboard_fd: Option<RawFd>,
+    /// This worker's `pm.max_requests`, jitter applied (0 = never).
+    pub max_requests: u64,
 }
 
 impl PoolSpawner<'_> {
@@ -186,11 +190,15 @@ impl PoolSpawner<'_> {
             control_fd,
             fcgi_max_conns: pool.max_children,
             request_params_max: pool.request_params_max,
-            scoreboard_fd: -1,
-            max_requests: 0,
-            max_memory: 0,
-            request_terminate_timeout_ms: 0,
-            request_slowlog_timeout_ms: 0,
+            scoreboard_fd: self.scoreboard_fd.unwrap_or(-1),
+            max_requests: self.max_requests,
+            max_memory: pool.limits.max_memory,
+            request_terminate_timeout_ms: millis(pool.limits.request_terminate_timeout),
+            request_slowlog_timeout_ms: if pool.limits.slowlog.is_some() {
+                millis(pool.limits.request_slowlog_timeout)
+            } else {
+                0
+            },
         }
     }
 
@@ -257,6 +265,7 @@ impl PoolSpawner<'_> {
 
         let mut inherit: Vec<RawFd> = self.listeners.iter().map(|l| l.raw_fd()).collect();
         inherit.push(control_fd);
+        inherit.extend(self.scoreboard_fd);
         let ids = self.identity.map(|id| (id.uid, id.gid, id.groups.clone()));
         let parent = self.manager_pid;
         // SAFETY: the closure runs in the forked child before exec and calls only
@@ -302,6 +311,26 @@ impl PoolSpawner<'_> {
         let control = tokio::net::UnixStream::from_std(std_stream)?;
         Ok(Spawned { child, control })
     }
+}
+
+/// A duration in whole milliseconds for the spec, saturating.
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `pm.max_requests` plus a random jitter in `0..=jitter`, drawn per worker so that
+/// workers started together do not all retire together. 0 stays 0 (never).
+pub fn jittered_max_requests(max_requests: u64, jitter: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    if max_requests == 0 || jitter == 0 {
+        return max_requests;
+    }
+    // RandomState is seeded from the OS once per process and per instance after that:
+    // enough randomness for spreading restarts, without a dependency.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(max_requests);
+    let r = h.finish() % jitter.saturating_add(1);
+    max_requests.saturating_add(r)
 }
 
 #[cfg(test)]
@@ -394,6 +423,7 @@ sys.exit(7)
             clear_env: true,
             env: [("FOO".to_string(), "bar".to_string())].into(),
             request_params_max: 1 << 16,
+            limits: Default::default(),
         };
         // Listeners of another pool must not leak into this pool's worker.
         let all = super::super::listeners::bind_all(&[
@@ -412,6 +442,8 @@ sys.exit(7)
             module: &module,
             identity: None,
             manager_pid: std::process::id() as i32,
+            scoreboard_fd: None,
+            max_requests: 0,
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -467,6 +499,16 @@ sys.exit(7)
         for l in all.iter().flatten() {
             l.remove_socket_file();
         }
+    }
+
+    #[test]
+    fn jitter_stays_in_range_and_varies() {
+        assert_eq!(jittered_max_requests(0, 50), 0);
+        assert_eq!(jittered_max_requests(500, 0), 500);
+        let drawn: std::collections::BTreeSet<u64> =
+            (0..200).map(|_| jittered_max_requests(500, 10)).collect();
+        assert!(drawn.iter().all(|n| (500..=510).contains(n)), "{drawn:?}");
+        assert!(drawn.len() > 3, "jitter does not vary: {drawn:?}");
     }
 
     /// The real interpreter behind `name` (not a shim that needs the environment the

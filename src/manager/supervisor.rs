@@ -1,25 +1,42 @@
 //! The main loop: one task owns every pool's state and acts; worker monitors and signal
 //! streams only report to it (the nginx master cycle / gunicorn arbiter model).
 //!
-//! Each iteration: spawn what the planner asks for, then wait for the next thing to
-//! happen — a worker event (ready, exited), a signal, or a deadline (a back-off ending, a
-//! stop escalating). Stopping: TERM/INT send SIGTERM to every worker and SIGKILL after
-//! [`FAST_STOP_GRACE`]; QUIT sends SIGQUIT (workers finish their request) and SIGKILL after
-//! `process_control_timeout`. A TERM during a graceful stop upgrades it; nothing
-//! downgrades a fast stop.
+//! Each iteration: start the replacements owed and what the [`planner`] asks for, then
+//! wait for the next thing to happen — a worker event (ready, retire, slow-log entry,
+//! exited), a connection waiting on an ondemand pool's socket, a signal, the 1 s
+//! maintenance tick, or a deadline (a back-off ending, a stop escalating). Stopping:
+//! TERM/INT send SIGTERM to every worker and SIGKILL after [`FAST_STOP_GRACE`]; QUIT sends
+//! SIGQUIT (workers finish their request) and SIGKILL after `process_control_timeout`. A
+//! TERM during a graceful stop upgrades it; nothing downgrades a fast stop.
+//!
+//! Replacing a worker (recycling, `pm.max_lifetime`, emergency restart) is one
+//! mechanism: mark it [`Retire`], start its replacement, and SIGQUIT it once the
+//! replacement is ready, so capacity never dips. [`PoolState::replace_all`] applies it to
+//! a whole pool and starts a new generation; a reload can reuse both.
+//!
+//! Maintenance tick: the planner's dynamic/ondemand rules, `pm.max_lifetime`, the
+//! `request_terminate_timeout` backstop (a worker whose request outlived the timeout by
+//! [`TERMINATE_BACKSTOP`] is SIGKILLed: it is stuck where its own watchdog cannot help),
+//! and SIGKILL for workers that ignored SIGQUIT for `process_control_timeout`.
 
 use super::listeners::Listener;
 use super::output;
-use super::pool::{Exit, PoolState, Verdict, Worker, WorkerState, describe_exit, judge};
-use super::spawn::{Identity, PoolSpawner};
+use super::planner::{self, Action, RetireWhy, Trigger, Waiting};
+use super::pool::{Exit, PoolState, Retire, Verdict, Worker, WorkerState, describe_exit, judge};
+use super::spawn::{Identity, PoolSpawner, jittered_max_requests};
 use crate::exit_code;
 use crate::logging::LogSink;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use pyfpm_config::{Config, PoolConfig};
+use pyfpm_config::values::{format_duration, format_size};
+use pyfpm_config::{Config, ListenAddr, PmMode, PoolConfig};
+use scoreboard::{Scoreboard, SlotState};
+use std::collections::VecDeque;
+use std::io::Write;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::io::AsyncBufReadExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -32,12 +49,33 @@ const AFTER_KILL_GRACE: Duration = Duration::from_secs(5);
 /// How long a dead worker's pipes may take to drain, so its last lines (a traceback) are
 /// logged before its exit. Bounded: a grandchild may hold the pipes open forever.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
+/// The maintenance tick (PHP-FPM's `FPM_IDLE_SERVER_MAINTENANCE_HEARTBEAT`).
+pub const TICK: Duration = Duration::from_secs(1);
+/// How long after `request_terminate_timeout` the manager kills a worker whose request
+/// is still running: the worker's own watchdog had that long to stop it.
+pub const TERMINATE_BACKSTOP: Duration = Duration::from_secs(5);
+/// Largest slow-log entry accepted from a worker; a larger announcement means a broken
+/// worker, whose control socket is then no longer read.
+const MAX_SLOWLOG_ENTRY: usize = 1 << 20;
+/// Longest control line read (a line without a newline within it is a broken worker).
+const MAX_CONTROL_LINE: u64 = 4096;
 
-/// What a worker monitor reports.
+/// What a worker monitor or a socket watcher reports.
 #[derive(Debug)]
 enum Event {
     /// The worker wrote "ready" on its control socket.
     Ready { pool: usize, slot: usize, pid: i32 },
+    /// The worker reached a recycling limit (`retire REASON`).
+    Retire {
+        pool: usize,
+        slot: usize,
+        pid: i32,
+        reason: String,
+    },
+    /// A slow-log entry to append to the pool's slow log.
+    Slowlog { pool: usize, entry: Vec<u8> },
+    /// A connection is waiting on one of an ondemand pool's sockets.
+    Pending,
     /// The worker exited.
     Exited {
         pool: usize,
@@ -81,6 +119,73 @@ struct PoolRuntime {
     identity: Option<Identity>,
     /// Its slots.
     state: PoolState,
+    /// Its scoreboard (one slot per [`PoolState::slots`] entry); `None` when it could
+    /// not be created (then every ready worker looks idle).
+    scoreboard: Option<Scoreboard>,
+    /// Its slow log, open for appending.
+    slowlog: Option<std::fs::File>,
+}
+
+/// The most processes a pool may have at once: `process.max`, or `pm.max_children`
+/// twice over so that every worker can be replaced with overlap.
+pub fn pool_capacity(pool: &PoolConfig) -> usize {
+    if pool.limits.process_max > 0 {
+        pool.limits.process_max as usize
+    } else {
+        pool.max_children as usize * 2
+    }
+}
+
+/// Open a slow log for appending (created 0640 if missing).
+fn open_slowlog(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Crashes counted for `emergency_restart_threshold`.
+struct Emergency {
+    threshold: u32,
+    interval: Duration,
+    /// When recent SIGSEGV/SIGBUS deaths happened, oldest first.
+    deaths: VecDeque<std::time::Instant>,
+}
+
+impl Emergency {
+    /// Record a crash at `now`; true when the threshold is reached (the count restarts).
+    fn record(&mut self, now: std::time::Instant) -> bool {
+        if self.threshold == 0 || self.interval.is_zero() {
+            return false;
+        }
+        self.deaths.push_back(now);
+        while self
+            .deaths
+            .front()
+            .is_some_and(|&t| now.duration_since(t) > self.interval)
+        {
+            self.deaths.pop_front();
+        }
+        if self.deaths.len() >= self.threshold as usize {
+            self.deaths.clear();
+            return true;
+        }
+        false
+    }
+}
+
+/// How a spawn attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Spawn {
+    /// Started, with this pid in this slot.
+    Started(usize, i32),
+    /// `process.max` (the pool's or the global one) leaves no room.
+    AtCap,
+    /// The process could not be started (logged; the pool backs off).
+    Failed,
 }
 
 /// Everything the supervisor needs to run.
@@ -100,6 +205,12 @@ pub struct Supervisor {
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
     manager_pid: i32,
+    /// Global `process.max` (0 = unlimited).
+    process_max: u32,
+    /// The global `process.max` was reached and logged; cleared by the next spawn.
+    warned_process_max: bool,
+    /// `emergency_restart_threshold` bookkeeping.
+    emergency: Emergency,
 }
 
 impl Supervisor {
@@ -118,11 +229,38 @@ impl Supervisor {
             .iter()
             .zip(listeners)
             .zip(identities)
-            .map(|((pool, listeners), identity)| PoolRuntime {
-                state: PoolState::new(&pool.name, pool.max_children as usize),
-                config: pool.clone(),
-                listeners,
-                identity,
+            .map(|((pool, listeners), identity)| {
+                let capacity = pool_capacity(pool);
+                let scoreboard = match Scoreboard::create(capacity) {
+                    Ok(sb) => Some(sb),
+                    Err(e) => {
+                        tracing::error!(
+                            "[pool {}] cannot create the scoreboard: {e}; idle and busy \
+                             workers cannot be told apart",
+                            pool.name
+                        );
+                        None
+                    }
+                };
+                let slowlog = pool.limits.slowlog.as_deref().and_then(|path| {
+                    open_slowlog(path)
+                        .map_err(|e| {
+                            tracing::error!(
+                                "[pool {}] cannot open the slow log {}: {e}",
+                                pool.name,
+                                path.display()
+                            )
+                        })
+                        .ok()
+                });
+                PoolRuntime {
+                    state: PoolState::new(&pool.name, capacity, pool.max_children),
+                    config: pool.clone(),
+                    listeners,
+                    identity,
+                    scoreboard,
+                    slowlog,
+                }
             })
             .collect();
         Supervisor {
@@ -136,6 +274,13 @@ impl Supervisor {
             events_tx,
             events_rx,
             manager_pid: std::process::id() as i32,
+            process_max: config.global.process_max,
+            warned_process_max: false,
+            emergency: Emergency {
+                threshold: config.global.emergency_restart_threshold,
+                interval: config.global.emergency_restart_interval,
+                deaths: VecDeque::new(),
+            },
         }
     }
 
@@ -162,19 +307,36 @@ impl Supervisor {
                 signal(SignalKind::quit())?,
                 signal(SignalKind::user_defined1())?,
                 signal(SignalKind::user_defined2())?,
+                signal(SignalKind::hangup())?,
+                signal(SignalKind::from_raw(libc::SIGTTIN))?,
+                signal(SignalKind::from_raw(libc::SIGTTOU))?,
             ))
         })();
-        let (mut sigterm, mut sigint, mut sigquit, mut sigusr1, mut sigusr2) = match handlers {
+        let (
+            mut sigterm,
+            mut sigint,
+            mut sigquit,
+            mut sigusr1,
+            mut sigusr2,
+            mut sighup,
+            mut sigttin,
+            mut sigttou,
+        ) = match handlers {
             Ok(h) => h,
             Err(e) => {
                 self.remove_socket_files();
                 return Err(e);
             }
         };
-        self.spawn_planned();
+        self.watch_ondemand_sockets();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.reset(); // the first tick one second from now, not at once
+        self.maintain(Trigger::Event);
+        self.announce_ready(); // a config of ondemand pools only is ready at once
         started();
         loop {
-            self.spawn_planned();
+            self.maintain(Trigger::Event);
             if matches!(self.phase, Phase::Stopping { .. }) && self.live() == 0 {
                 break;
             }
@@ -185,16 +347,73 @@ impl Supervisor {
                 _ = sigint.recv() => self.begin_stop(StopKind::Fast, "Terminating ..."),
                 _ = sigquit.recv() => self.begin_stop(StopKind::Graceful, "Finishing ..."),
                 _ = sigusr1.recv() => self.reopen_log(),
-                // PHP-FPM users send USR2 to reload; until reload exists it must not
-                // kill the manager (the default action) and with it every worker.
+                // PHP-FPM users send USR2 (and HUP) to reload; until reload exists it
+                // must not kill the manager (the default action) and with it every worker.
                 _ = sigusr2.recv() => tracing::warn!(
                     "reload (SIGUSR2) is not supported yet; ignoring it"
                 ),
+                _ = sighup.recv() => tracing::warn!(
+                    "reload (SIGHUP) is not supported yet; ignoring it"
+                ),
+                _ = sigttin.recv() => self.add_worker(),
+                _ = sigttou.recv() => self.remove_worker(),
+                _ = tick.tick() => self.on_tick(),
                 _ = sleep_until(wake) => self.on_deadline(),
+                // systemd: periodic STATUS line and watchdog keep-alive (systemd.rs).
+                _ = super::systemd::tick_due() => {
+                    super::systemd::tick(self.pools.iter().map(|p| &p.state))
+                }
             }
         }
         self.remove_socket_files();
         Ok(self.exit_status)
+    }
+
+    /// Wake the loop when a connection arrives on an ondemand pool's socket. Readiness
+    /// only: the sockets are shared with the workers, so their flags (O_NONBLOCK) are
+    /// left alone and nothing is accepted here; edge-triggered, so a connection that
+    /// stays queued is seen again by the next tick's poll, not by a busy loop.
+    fn watch_ondemand_sockets(&self) {
+        for pool in &self.pools {
+            if !matches!(pool.config.pm, PmMode::Ondemand { .. }) {
+                continue;
+            }
+            for l in &pool.listeners {
+                // A duplicate the watcher owns: same socket, and its lifetime is the
+                // watcher's, whatever happens to the listener.
+                let registered = l.fd.try_clone().and_then(|dup| {
+                    // SAFETY: `dup` is owned by the AsyncFd and closed only when it is.
+                    unsafe {
+                        tokio::io::unix::AsyncFd::register_with_interest(
+                            dup,
+                            tokio::io::Interest::READABLE,
+                        )
+                    }
+                    .map_err(std::io::Error::from)
+                });
+                let afd = match registered {
+                    Ok(afd) => afd,
+                    Err(e) => {
+                        tracing::error!(
+                            "[pool {}] cannot watch {} for connections: {e}; workers are \
+                             started on the maintenance tick only",
+                            pool.config.name,
+                            l.addr
+                        );
+                        continue;
+                    }
+                };
+                let tx = self.events_tx.clone();
+                tokio::spawn(async move {
+                    while let Ok(mut guard) = afd.readable().await {
+                        guard.clear_ready();
+                        if tx.send(Event::Pending).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
     }
 
     fn live(&self) -> usize {
@@ -216,35 +435,280 @@ impl Supervisor {
         backoffs.chain(stop).min()
     }
 
-    fn spawn_planned(&mut self) {
-        let now = std::time::Instant::now();
-        let accepting = self.phase == Phase::Running;
+    /// Log "ready to handle connections" once every pool can serve: a ready worker in
+    /// each, except ondemand pools, which start workers only when a connection waits.
+    fn announce_ready(&mut self) {
+        if !self.announced_ready
+            && self.pools.iter().all(|p| {
+                p.state.has_ready_worker() || matches!(p.config.pm, PmMode::Ondemand { .. })
+            })
+        {
+            self.announced_ready = true;
+            tracing::info!("ready to handle connections");
+            super::systemd::ready(); // systemd Type=notify: READY=1
+        }
+    }
+
+    /// Start the replacements owed, then apply the planner's decisions, for every pool.
+    /// Does nothing once stopping.
+    fn maintain(&mut self, trigger: Trigger) {
+        if self.phase != Phase::Running {
+            return;
+        }
         for index in 0..self.pools.len() {
-            for slot in self.pools[index].state.slots_to_spawn(now, accepting) {
-                self.spawn_one(index, slot);
+            self.spawn_replacements(index);
+            self.plan_pool(index, trigger);
+        }
+    }
+
+    /// Start a replacement for each retiring worker that has none.
+    fn spawn_replacements(&mut self, index: usize) {
+        let owed: Vec<i32> = self.pools[index]
+            .state
+            .slots
+            .iter()
+            .flatten()
+            .filter(|w| {
+                !matches!(w.state, WorkerState::Stopping { .. })
+                    && w.retire.as_ref().is_some_and(|r| r.replacement.is_none())
+            })
+            .map(|w| w.pid)
+            .collect();
+        for old in owed {
+            if self.pools[index]
+                .state
+                .spawn_allowance(std::time::Instant::now())
+                == 0
+            {
+                return;
+            }
+            match self.spawn_one(index) {
+                Spawn::Started(slot, pid) => {
+                    if let Some(r) = self.pools[index]
+                        .state
+                        .find_mut(old)
+                        .and_then(|w| w.retire.as_mut())
+                    {
+                        r.replacement = Some((slot, pid));
+                    }
+                }
+                // No room for an overlapping replacement: stop the old worker first
+                // and let the planner refill once it is gone.
+                Spawn::AtCap => {
+                    tracing::info!(
+                        "[pool {}] no room for a replacement of child {old} under \
+                         process.max; stopping it first",
+                        self.pools[index].config.name
+                    );
+                    self.stop_worker(index, old, Signal::SIGQUIT);
+                }
+                Spawn::Failed => return,
             }
         }
     }
 
-    fn spawn_one(&mut self, index: usize, slot: usize) {
+    /// What ondemand's planner needs: connections waiting on the pool's sockets.
+    fn waiting(&self, index: usize) -> Waiting {
+        let mut count: u32 = 0;
+        let mut unknown = false;
+        for l in &self.pools[index].listeners {
+            let fd = l.raw_fd();
+            if !readable_now(fd) {
+                continue;
+            }
+            match l.addr {
+                ListenAddr::Tcp(_) => count += accept_queue_len(fd).unwrap_or(1).max(1),
+                ListenAddr::Unix(_) => unknown = true,
+            }
+        }
+        match (count, unknown) {
+            (0, false) => Waiting::No,
+            (n, false) => Waiting::Count(n),
+            _ => Waiting::Some,
+        }
+    }
+
+    fn plan_pool(&mut self, index: usize, trigger: Trigger) {
+        let now = std::time::Instant::now();
+        let waiting = if matches!(self.pools[index].config.pm, PmMode::Ondemand { .. }) {
+            self.waiting(index)
+        } else {
+            Waiting::No
+        };
         let pool = &mut self.pools[index];
+        let scoreboard = pool.scoreboard.as_ref();
+        let mut views = Vec::new();
+        for (slot, w) in pool.state.slots.iter_mut().enumerate() {
+            let Some(w) = w.as_mut().filter(|w| w.counted()) else {
+                continue;
+            };
+            let seen = scoreboard.and_then(|sb| sb.try_slot(slot)).map(|s| {
+                let snap = s.snapshot();
+                (snap.state, snap.requests)
+            });
+            views.push(planner::View {
+                pid: w.pid,
+                status: w.observe(seen, now),
+            });
+        }
+        let input = planner::Input {
+            pm: pool.config.pm,
+            max_children: pool.config.max_children,
+            target: pool.state.target,
+            started: pool.state.started,
+            workers: &views,
+            waiting,
+            trigger,
+            now,
+        };
+        let actions = planner::plan(&input, &mut pool.state.memory);
+        pool.state.started = true;
+        for action in actions {
+            self.apply(index, action);
+        }
+    }
+
+    fn apply(&mut self, index: usize, action: Action) {
+        let pool = &self.pools[index];
+        let name = pool.config.name.clone();
+        match action {
+            Action::Spawn(n) => {
+                let mut started = 0;
+                for _ in 0..n {
+                    if self.pools[index]
+                        .state
+                        .spawn_allowance(std::time::Instant::now())
+                        == 0
+                    {
+                        break;
+                    }
+                    match self.spawn_one(index) {
+                        Spawn::Started(..) => started += 1,
+                        Spawn::AtCap | Spawn::Failed => break,
+                    }
+                }
+                if started > 0 && !matches!(self.pools[index].config.pm, PmMode::Static) {
+                    tracing::debug!(
+                        "[pool {name}] {started} child(ren) have been created dynamically"
+                    );
+                }
+            }
+            Action::Retire { pid, why } => {
+                let text = match why {
+                    RetireWhy::TooManyIdle(idle) => {
+                        let max = match pool.config.pm {
+                            PmMode::Dynamic {
+                                max_spare_servers, ..
+                            } => max_spare_servers,
+                            _ => 0,
+                        };
+                        format!("{idle} idle workers, more than pm.max_spare_servers ({max})")
+                    }
+                    RetireWhy::IdleTimeout(d) => {
+                        let limit = match pool.config.pm {
+                            PmMode::Ondemand {
+                                process_idle_timeout,
+                                ..
+                            } => format_duration(process_idle_timeout),
+                            _ => String::new(),
+                        };
+                        format!(
+                            "idle for {:.1}s, longer than pm.process_idle_timeout ({limit})",
+                            d.as_secs_f64()
+                        )
+                    }
+                    RetireWhy::AboveTarget => {
+                        format!("the pool keeps {} workers (SIGTTOU)", pool.state.target)
+                    }
+                };
+                tracing::info!("[pool {name}] child {pid} retired: {text}");
+                self.stop_worker(index, pid, Signal::SIGQUIT);
+            }
+            Action::MaxChildrenReached => {
+                let setting = match pool.config.pm {
+                    PmMode::Ondemand { .. } => "max_children",
+                    _ => "pm.max_children",
+                };
+                tracing::warn!(
+                    "[pool {name}] server reached {setting} setting ({}), consider raising it",
+                    pool.config.max_children
+                );
+            }
+            Action::SeemsBusy { rate, idle, total } => tracing::warn!(
+                "[pool {name}] seems busy (you may need to increase pm.start_servers, or \
+                 pm.min/max_spare_servers), spawning {rate} children, there are {idle} idle, \
+                 and {total} total children"
+            ),
+        }
+    }
+
+    /// Whether `process.max` (the pool's, then the global one) leaves room for one more
+    /// process; logs once per episode when it does not.
+    fn room_for_one(&mut self, index: usize) -> bool {
+        let total = self.live();
+        let pool = &mut self.pools[index];
+        if pool.state.free_slot().is_none() {
+            if !pool.state.warned_process_max {
+                pool.state.warned_process_max = true;
+                tracing::warn!(
+                    "[pool {}] The maximum number of processes has been reached ({}). Please \
+                     review your configuration and consider raising 'process.max'",
+                    pool.config.name,
+                    pool.state.slots.len()
+                );
+            }
+            return false;
+        }
+        if self.process_max > 0 && total >= self.process_max as usize {
+            if !self.warned_process_max {
+                self.warned_process_max = true;
+                tracing::warn!(
+                    "The maximum number of processes has been reached. Please review your \
+                     configuration and consider raising 'process.max'"
+                );
+            }
+            return false;
+        }
+        true
+    }
+
+    fn spawn_one(&mut self, index: usize) -> Spawn {
+        if !self.room_for_one(index) {
+            return Spawn::AtCap;
+        }
+        let pool = &mut self.pools[index];
+        let Some(slot) = pool.state.free_slot() else {
+            return Spawn::AtCap;
+        };
+        let max_requests = jittered_max_requests(
+            pool.config.limits.max_requests,
+            pool.config.limits.max_requests_jitter,
+        );
         let spawner = PoolSpawner {
             pool: &pool.config,
             listeners: &pool.listeners,
             module: &self.module,
             identity: pool.identity.as_ref(),
             manager_pid: self.manager_pid,
+            scoreboard_fd: pool.scoreboard.as_ref().map(|sb| sb.fd().as_raw_fd()),
+            max_requests,
         };
         let started = std::time::Instant::now();
         match spawner.spawn(slot as u32) {
             Ok(spawned) => {
                 let pid = spawned.child.id().map(|p| p as i32).unwrap_or(-1);
+                if let Some(sb) = &pool.scoreboard {
+                    sb.slot(slot).assign(pid.max(0) as u32, unix_ms());
+                }
                 tracing::info!("[pool {}] child {pid} started", pool.config.name);
-                pool.state.slots[slot] = Some(Worker {
+                pool.state.slots[slot] = Some(Worker::new(
                     pid,
                     started,
-                    state: WorkerState::Starting,
-                });
+                    pool.state.generation,
+                    max_requests,
+                ));
+                pool.state.warned_process_max = false;
+                self.warned_process_max = false;
                 tokio::spawn(monitor(
                     spawned,
                     pool.config.name.clone(),
@@ -253,6 +717,7 @@ impl Supervisor {
                     pid,
                     self.events_tx.clone(),
                 ));
+                Spawn::Started(slot, pid)
             }
             Err(e) => {
                 let wait = pool.state.record_start_failure(started);
@@ -261,6 +726,254 @@ impl Supervisor {
                     pool.config.name,
                     human(wait)
                 );
+                Spawn::Failed
+            }
+        }
+    }
+
+    /// Send `signal` to one worker and remember it is stopping; after SIGQUIT the tick
+    /// escalates to SIGKILL once `process_control_timeout` has passed.
+    fn stop_worker(&mut self, index: usize, pid: i32, signal: Signal) {
+        let timeout = self.process_control_timeout;
+        let Some(w) = self.pools[index].state.find_mut(pid) else {
+            return;
+        };
+        let was_ready = w.was_ready();
+        w.state = WorkerState::Stopping { signal, was_ready };
+        w.kill_at = (signal != Signal::SIGKILL).then(|| std::time::Instant::now() + timeout);
+        // ESRCH: it already exited and its Exited event is on the way.
+        let _ = kill(Pid::from_raw(pid), signal);
+    }
+
+    /// Mark one worker for replacement, logging why.
+    fn retire(&mut self, index: usize, pid: i32, reason: String) {
+        let name = self.pools[index].config.name.clone();
+        let Some(w) = self.pools[index].state.find_mut(pid) else {
+            return;
+        };
+        if !w.counted() {
+            return;
+        }
+        tracing::info!("[pool {name}] child {pid} reached {reason}, replacing it");
+        w.retire = Some(Retire {
+            reason,
+            replacement: None,
+        });
+    }
+
+    /// The maintenance tick.
+    fn on_tick(&mut self) {
+        let now = std::time::Instant::now();
+        let now_us = unix_us();
+        for index in 0..self.pools.len() {
+            self.escalate_stops(index, now);
+            if self.phase == Phase::Running {
+                self.check_lifetimes(index, now);
+            }
+            self.check_request_timeouts(index, now_us);
+        }
+        self.maintain(Trigger::Tick);
+    }
+
+    /// SIGKILL for workers that ignored SIGQUIT for `process_control_timeout`.
+    fn escalate_stops(&mut self, index: usize, now: std::time::Instant) {
+        let late: Vec<i32> = self.pools[index]
+            .state
+            .slots
+            .iter()
+            .flatten()
+            .filter(|w| {
+                w.kill_at.is_some_and(|t| t <= now)
+                    && !matches!(
+                        w.state,
+                        WorkerState::Stopping {
+                            signal: Signal::SIGKILL,
+                            ..
+                        }
+                    )
+            })
+            .map(|w| w.pid)
+            .collect();
+        for pid in late {
+            tracing::warn!(
+                "[pool {}] child {pid} did not exit within process_control_timeout ({}) \
+                 after SIGQUIT, sending SIGKILL",
+                self.pools[index].config.name,
+                format_duration(self.process_control_timeout)
+            );
+            self.stop_worker(index, pid, Signal::SIGKILL);
+        }
+    }
+
+    fn check_lifetimes(&mut self, index: usize, now: std::time::Instant) {
+        let limit = self.pools[index].config.limits.max_lifetime;
+        if limit.is_zero() {
+            return;
+        }
+        let old: Vec<i32> = self.pools[index]
+            .state
+            .slots
+            .iter()
+            .flatten()
+            .filter(|w| w.counted() && now.duration_since(w.started) > limit)
+            .map(|w| w.pid)
+            .collect();
+        for pid in old {
+            self.retire(
+                index,
+                pid,
+                format!("pm.max_lifetime ({})", format_duration(limit)),
+            );
+        }
+    }
+
+    /// The `request_terminate_timeout` backstop: SIGKILL a worker whose request has run
+    /// [`TERMINATE_BACKSTOP`] past the timeout.
+    fn check_request_timeouts(&mut self, index: usize, now_us: u64) {
+        let timeout = self.pools[index].config.limits.request_terminate_timeout;
+        if timeout.is_zero() {
+            return;
+        }
+        let Some(sb) = self.pools[index].scoreboard.as_ref() else {
+            return;
+        };
+        let limit_us = (timeout + TERMINATE_BACKSTOP).as_micros() as u64;
+        let mut stuck = Vec::new();
+        for (slot, w) in self.pools[index].state.slots.iter().enumerate() {
+            let Some(w) = w else { continue };
+            if matches!(
+                w.state,
+                WorkerState::Stopping {
+                    signal: Signal::SIGKILL,
+                    ..
+                }
+            ) {
+                continue;
+            }
+            let Some(snap) = sb.try_slot(slot).map(|s| s.snapshot()) else {
+                continue;
+            };
+            let busy = matches!(
+                snap.state,
+                SlotState::Reading | SlotState::Running | SlotState::Writing | SlotState::Finishing
+            );
+            let ran_us = now_us.saturating_sub(snap.request_start_unix_us);
+            if busy && snap.request_start_unix_us > 0 && ran_us > limit_us {
+                stuck.push((w.pid, ran_us, snap.method, snap.uri));
+            }
+        }
+        for (pid, ran_us, method, uri) in stuck {
+            tracing::warn!(
+                "[pool {}] child {pid} (request: \"{method} {uri}\") execution timed out \
+                 ({:.1} sec), terminating",
+                self.pools[index].config.name,
+                ran_us as f64 / 1e6
+            );
+            self.stop_worker(index, pid, Signal::SIGKILL);
+        }
+    }
+
+    /// SIGTTIN: one more worker in every pool, within its limits.
+    fn add_worker(&mut self) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        for index in 0..self.pools.len() {
+            let pool = &mut self.pools[index];
+            let name = pool.config.name.clone();
+            let counted = pool.state.counted();
+            match pool.config.pm {
+                PmMode::Static => {
+                    let cap = pool.state.slots.len() as u32;
+                    if pool.state.target < cap {
+                        pool.state.target += 1;
+                        tracing::info!(
+                            "[pool {name}] SIGTTIN: keeping {} workers (was {})",
+                            pool.state.target,
+                            pool.state.target - 1
+                        );
+                    } else {
+                        tracing::warn!(
+                            "[pool {name}] SIGTTIN ignored: the pool already keeps {} workers, \
+                             its process.max",
+                            pool.state.target
+                        );
+                    }
+                }
+                _ => {
+                    let max = pool.config.max_children;
+                    if counted < max {
+                        if let Spawn::Started(..) = self.spawn_one(index) {
+                            tracing::info!(
+                                "[pool {name}] SIGTTIN: added a worker ({} of pm.max_children {max})",
+                                counted + 1
+                            );
+                        }
+                    } else {
+                        tracing::warn!(
+                            "[pool {name}] SIGTTIN ignored: pm.max_children ({max}) reached"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// SIGTTOU: one worker fewer in every pool, within its limits.
+    fn remove_worker(&mut self) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        for index in 0..self.pools.len() {
+            let pool = &mut self.pools[index];
+            let name = pool.config.name.clone();
+            let counted = pool.state.counted();
+            let floor = match pool.config.pm {
+                PmMode::Static => {
+                    if pool.state.target > 1 {
+                        pool.state.target -= 1;
+                        tracing::info!(
+                            "[pool {name}] SIGTTOU: keeping {} workers (was {})",
+                            pool.state.target,
+                            pool.state.target + 1
+                        );
+                    } else {
+                        tracing::warn!("[pool {name}] SIGTTOU ignored: the pool keeps 1 worker");
+                    }
+                    continue; // the tick retires the extra worker
+                }
+                PmMode::Dynamic {
+                    min_spare_servers, ..
+                } => min_spare_servers,
+                PmMode::Ondemand { .. } => 0,
+            };
+            if counted <= floor {
+                tracing::warn!(
+                    "[pool {name}] SIGTTOU ignored: the pool has {counted} workers, its minimum"
+                );
+                continue;
+            }
+            // The worker idle longest, else the newest.
+            let pick = pool
+                .state
+                .slots
+                .iter()
+                .flatten()
+                .filter(|w| w.counted())
+                .min_by_key(|w| {
+                    (
+                        w.idle_since.is_none(),
+                        w.idle_since,
+                        std::cmp::Reverse(w.started),
+                    )
+                })
+                .map(|w| w.pid);
+            if let Some(pid) = pick {
+                tracing::info!(
+                    "[pool {name}] SIGTTOU: retiring child {pid} ({} workers left)",
+                    counted - 1
+                );
+                self.stop_worker(index, pid, Signal::SIGQUIT);
             }
         }
     }
@@ -268,17 +981,58 @@ impl Supervisor {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Ready { pool, slot, pid } => {
-                if self.pools[pool].state.mark_ready(slot, pid) {
+                let now = std::time::Instant::now();
+                if self.pools[pool].state.mark_ready(slot, pid, now) {
                     tracing::debug!(
                         "[pool {}] child {pid} is ready",
                         self.pools[pool].config.name
                     );
+                    if let Some(old) = self.pools[pool].state.predecessor_of(pid) {
+                        tracing::info!(
+                            "[pool {}] child {pid} is ready; sending SIGQUIT to child {old}, \
+                             which it replaces",
+                            self.pools[pool].config.name
+                        );
+                        self.stop_worker(pool, old, Signal::SIGQUIT);
+                    }
                 }
-                if !self.announced_ready && self.pools.iter().all(|p| p.state.has_ready_worker()) {
-                    self.announced_ready = true;
-                    tracing::info!("ready to handle connections");
+                self.announce_ready();
+            }
+            Event::Retire {
+                pool,
+                slot,
+                pid,
+                reason,
+            } => {
+                let p = &self.pools[pool];
+                let Some(w) = p.state.slots.get(slot).and_then(Option::as_ref) else {
+                    return;
+                };
+                if w.pid != pid {
+                    return;
+                }
+                let reason = match reason.as_str() {
+                    "max_requests" => format!("pm.max_requests ({})", w.max_requests),
+                    "max_memory" => format!(
+                        "pm.max_memory ({})",
+                        format_size(p.config.limits.max_memory)
+                    ),
+                    other => other.to_string(),
+                };
+                self.retire(pool, pid, reason);
+            }
+            Event::Slowlog { pool, entry } => {
+                let p = &mut self.pools[pool];
+                if let Some(file) = &mut p.slowlog {
+                    if let Err(e) = file.write_all(&entry) {
+                        tracing::error!(
+                            "[pool {}] cannot write to the slow log: {e}",
+                            p.config.name
+                        );
+                    }
                 }
             }
+            Event::Pending => {} // the loop's maintain() looks at the sockets
             Event::Exited {
                 pool,
                 slot,
@@ -302,6 +1056,13 @@ impl Supervisor {
             }
         );
         pool.state.slots[slot] = None;
+        if let Some(sb) = &pool.scoreboard {
+            sb.slot(slot).release();
+        }
+        if !worker.was_ready() {
+            // A replacement that never became ready: its predecessor needs another.
+            pool.state.unlink_replacement(pid);
+        }
         let name = &pool.config.name;
         let lifetime = worker.started.elapsed();
         let text = describe_exit(exit, lifetime, killed_by_us);
@@ -332,15 +1093,46 @@ impl Supervisor {
                 }
             }
             Verdict::VersionMismatch => {
-                tracing::error!(
-                    "[pool {name}] child {pid}: the worker module {} is from another pyfpm \
-                     build than this manager; rebuild both with `cargo build --workspace`",
-                    self.module.display()
-                );
-                self.exit_status = exit_code::SOFTWARE;
-                self.begin_stop(StopKind::Fast, "Terminating ...");
+                let name = name.clone();
+                self.version_mismatch(name, pid);
+                return;
             }
         }
+        let crashed = matches!(
+            exit,
+            Exit::Signal { signal, .. } if signal == libc::SIGSEGV || signal == libc::SIGBUS
+        );
+        if crashed && !stopping && self.emergency.record(std::time::Instant::now()) {
+            tracing::warn!(
+                "failed processes threshold ({} in {} sec) is reached, initiating reload",
+                self.emergency.threshold,
+                self.emergency.interval.as_secs()
+            );
+            self.replace_everything("emergency restart");
+        }
+    }
+
+    /// Replace every worker of every pool, new ones first.
+    fn replace_everything(&mut self, reason: &str) {
+        for pool in &mut self.pools {
+            let n = pool.state.replace_all(reason);
+            if n > 0 {
+                tracing::info!(
+                    "[pool {}] replacing {n} workers ({reason})",
+                    pool.config.name
+                );
+            }
+        }
+    }
+
+    fn version_mismatch(&mut self, name: String, pid: i32) {
+        tracing::error!(
+            "[pool {name}] child {pid}: the worker module {} is from another pyfpm build \
+             than this manager; rebuild both with `cargo build --workspace`",
+            self.module.display()
+        );
+        self.exit_status = exit_code::SOFTWARE;
+        self.begin_stop(StopKind::Fast, "Terminating ...");
     }
 
     fn begin_stop(&mut self, kind: StopKind, message: &str) {
@@ -350,6 +1142,7 @@ impl Supervisor {
             }
         }
         tracing::info!("{message}");
+        super::systemd::stopping(); // systemd Type=notify: STOPPING=1
         let (signal, wait) = match kind {
             StopKind::Fast => (Signal::SIGTERM, FAST_STOP_GRACE),
             StopKind::Graceful => (Signal::SIGQUIT, self.process_control_timeout),
@@ -418,7 +1211,134 @@ impl Supervisor {
             Ok(()) => tracing::info!("error log file re-opened"),
             Err(e) => tracing::error!("{e}; still writing to the old file"),
         }
+        for pool in &mut self.pools {
+            let Some(path) = pool.config.limits.slowlog.as_deref() else {
+                continue;
+            };
+            match open_slowlog(path) {
+                Ok(file) => {
+                    pool.slowlog = Some(file);
+                    tracing::info!("[pool {}] slow log file re-opened", pool.config.name);
+                }
+                Err(e) => tracing::error!(
+                    "[pool {}] cannot reopen the slow log {}: {e}; still writing to the old file",
+                    pool.config.name,
+                    path.display()
+                ),
+            }
+        }
     }
+}
+
+/// Read a worker's control messages until end of file (see [`pyfpm_ipc::control`]).
+async fn read_control(
+    control: tokio::net::UnixStream,
+    name: String,
+    pool: usize,
+    slot: usize,
+    pid: i32,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let mut reader = tokio::io::BufReader::new(control);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut reader)
+            .take(MAX_CONTROL_LINE)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if line.last() != Some(&b'\n') {
+            tracing::warn!(
+                "[pool {name}] child {pid}: control message too long or cut short; no \
+                 longer reading its control socket"
+            );
+            return;
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim();
+        let (word, arg) = text.split_once(' ').unwrap_or((text, ""));
+        let event = match word {
+            pyfpm_ipc::control::READY => Event::Ready { pool, slot, pid },
+            pyfpm_ipc::control::RETIRE => Event::Retire {
+                pool,
+                slot,
+                pid,
+                reason: arg.to_string(),
+            },
+            pyfpm_ipc::control::SLOWLOG => {
+                let len = match arg.parse::<usize>() {
+                    Ok(n) if n <= MAX_SLOWLOG_ENTRY => n,
+                    _ => {
+                        tracing::warn!(
+                            "[pool {name}] child {pid}: bad slow-log entry size {arg:?}; no \
+                             longer reading its control socket"
+                        );
+                        return;
+                    }
+                };
+                let mut entry = vec![0; len];
+                if reader.read_exact(&mut entry).await.is_err() {
+                    return;
+                }
+                Event::Slowlog { pool, entry }
+            }
+            _ => {
+                tracing::debug!("[pool {name}] child {pid}: unknown control message {text:?}");
+                continue;
+            }
+        };
+        if events.send(event).is_err() {
+            return;
+        }
+    }
+}
+
+/// Whether `fd` has a connection waiting (poll with no timeout: a level check, unlike
+/// the edge-triggered watcher).
+fn readable_now(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & libc::POLLIN != 0
+}
+
+/// Connections in a TCP listening socket's accept queue: on Linux, `tcpi_unacked` of a
+/// socket in LISTEN state is its current backlog length.
+fn accept_queue_len(fd: RawFd) -> Option<u32> {
+    // SAFETY: getsockopt into a zeroed tcp_info of the size we pass.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        (rc == 0).then_some(info.tcpi_unacked)
+    }
+}
+
+/// Now, in milliseconds since the Unix epoch (scoreboard times).
+fn unix_ms() -> u64 {
+    unix_us() / 1000
+}
+
+/// Now, in microseconds since the Unix epoch.
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// Sleep until `deadline`, or forever.
@@ -449,18 +1369,14 @@ async fn monitor(
     let stderr = spawned.child.stderr.take();
     let out = stdout.map(|s| tokio::spawn(output::pump(s, pool_name.clone(), pid, "stdout")));
     let err = stderr.map(|s| tokio::spawn(output::pump(s, pool_name.clone(), pid, "stderr")));
-    let ready_tx = events.clone();
-    let name = pool_name.clone();
-    let control = tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(spawned.control).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.trim() == pyfpm_ipc::control::READY {
-                let _ = ready_tx.send(Event::Ready { pool, slot, pid });
-            } else {
-                tracing::debug!("[pool {name}] child {pid}: unknown control message {line:?}");
-            }
-        }
-    });
+    let control = tokio::spawn(read_control(
+        spawned.control,
+        pool_name.clone(),
+        pool,
+        slot,
+        pid,
+        events.clone(),
+    ));
     let exit = match spawned.child.wait().await {
         Ok(status) => Exit::from_status(status),
         // wait() fails only if the child was already reaped: report it as vanished.
@@ -481,4 +1397,89 @@ async fn monitor(
         pid,
         exit,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emergency_restart_counts_crashes_within_the_interval() {
+        let t0 = std::time::Instant::now();
+        let t = |ms| t0 + Duration::from_millis(ms);
+        let mut e = Emergency {
+            threshold: 3,
+            interval: Duration::from_secs(10),
+            deaths: VecDeque::new(),
+        };
+        assert!(!e.record(t(0)));
+        assert!(!e.record(t(5_000)));
+        // The first crash has left the window: only two count.
+        assert!(!e.record(t(10_001)));
+        assert!(e.record(t(12_000)), "three within 10 s");
+        assert!(
+            e.deaths.is_empty(),
+            "the count starts again after a restart"
+        );
+        let mut off = Emergency {
+            threshold: 1,
+            interval: Duration::ZERO,
+            deaths: VecDeque::new(),
+        };
+        assert!(!off.record(t(0)), "an interval of 0 turns it off");
+    }
+
+    #[test]
+    fn pool_capacity_leaves_room_for_replacements() {
+        let mut pool = pyfpm_config::PoolConfig {
+            name: "t".into(),
+            location: pyfpm_config::Location {
+                file: "t.yaml".into(),
+                line: 1,
+                column: 1,
+            },
+            listen: vec![],
+            listen_owner: None,
+            listen_group: None,
+            listen_mode: 0o660,
+            listen_backlog: 16,
+            user: None,
+            group: None,
+            pm: PmMode::Static,
+            max_children: 3,
+            app: "a:b".into(),
+            python: "python3".into(),
+            virtualenv: None,
+            python_path: vec![],
+            mount: String::new(),
+            chdir: None,
+            clear_env: true,
+            env: Default::default(),
+            request_params_max: 1 << 20,
+            limits: Default::default(),
+        };
+        assert_eq!(pool_capacity(&pool), 6);
+        pool.limits.process_max = 4;
+        assert_eq!(pool_capacity(&pool), 4);
+    }
+
+    #[test]
+    fn a_tcp_listener_reports_its_accept_queue() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = listener.as_raw_fd();
+        assert!(!readable_now(fd));
+        assert_eq!(accept_queue_len(fd), Some(0));
+        let addr = listener.local_addr().unwrap();
+        let _a = std::net::TcpStream::connect(addr).unwrap();
+        let _b = std::net::TcpStream::connect(addr).unwrap();
+        // The handshake completes in the kernel; allow it a moment (bounded).
+        for _ in 0..100 {
+            if accept_queue_len(fd) == Some(2) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(readable_now(fd));
+        assert_eq!(accept_queue_len(fd), Some(2));
+    }
 }

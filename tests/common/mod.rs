@@ -468,3 +468,263 @@ fn crc32_matches_zlib() {
     // zlib.crc32(b"123456789") == 0xCBF43926
     assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
 }
+
+// ---- Process-manager helpers (pm, recycling, timeouts, crashes, signals) ----
+
+/// Live (not zombie) processes whose parent is `pid`, by scanning `/proc/*/stat`.
+/// Workers may be forked by any thread of the manager, and `/proc/<pid>/task/<tid>/children`
+/// is per thread, so the parent pid field of every process is the reliable source.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue; // gone meanwhile
+        };
+        // After the parenthesised command name: " S ppid ...".
+        let mut rest = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+        let state = rest.next().unwrap_or("");
+        let ppid: i32 = rest.next().and_then(|s| s.parse().ok()).unwrap_or(-1);
+        if ppid == pid && state != "Z" && state != "X" {
+            out.push(child);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Poll the number of live children of `pid` until `pred(count)` holds or `within`
+/// passes. Ok(count) when it held, Err(last count) otherwise.
+pub fn wait_children(
+    pid: i32,
+    within: Duration,
+    mut pred: impl FnMut(usize) -> bool,
+) -> Result<usize, usize> {
+    let deadline = Instant::now() + within;
+    loop {
+        let n = children_of(pid).len();
+        if pred(n) {
+            return Ok(n);
+        }
+        if Instant::now() > deadline {
+            return Err(n);
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Every live-children count of `pid` seen while polling for `during` (one per poll).
+pub fn sample_children(pid: i32, during: Duration) -> Vec<usize> {
+    let deadline = Instant::now() + during;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        seen.push(children_of(pid).len());
+        std::thread::sleep(POLL);
+    }
+    seen
+}
+
+/// A pool's YAML with `pm: static` replaced by `pm: <mode>` (the rest as [`TestEnv::pool_yaml`]).
+pub fn pool_yaml_pm(env: &TestEnv, p: &Pool, mode: &str, indent: usize) -> String {
+    let y = env.pool_yaml(p, indent);
+    let pad = " ".repeat(indent);
+    let from = format!("{pad}  pm: static\n");
+    assert!(y.contains(&from), "pool_yaml no longer writes {from:?}");
+    y.replacen(&from, &format!("{pad}  pm: {mode}\n"), 1)
+}
+
+/// [`TestEnv::write_config`] with a pm mode per pool.
+pub fn write_config_pm(env: &TestEnv, global: &[&str], pools: &[(Pool, &str)]) -> PathBuf {
+    let mut y = String::new();
+    writeln!(y, "daemonize: false").unwrap();
+    writeln!(y, "log_level: notice").unwrap();
+    for g in global {
+        writeln!(y, "{g}").unwrap();
+    }
+    writeln!(y, "pools:").unwrap();
+    for (p, mode) in pools {
+        y.push_str(&pool_yaml_pm(env, p, mode, 2));
+    }
+    let path = env.file("main.yaml");
+    std::fs::write(&path, y).expect("write config");
+    path
+}
+
+/// Start pyfpm on `config` (foreground) and wait, without sending any request, for the
+/// log line "ready to handle connections". Tests that count requests per worker use this
+/// instead of [`Pyfpm::wait_serving`], whose probe requests would count too.
+pub fn start_quiet(env: &TestEnv, config: &Path) -> Pyfpm {
+    let mut p = env.spawn(config, "pyfpm.log", &["-F"]);
+    let deadline = Instant::now() + START_TIMEOUT;
+    while !p.log_text().contains("ready to handle connections") {
+        if let Some(status) = p.try_exit() {
+            panic!(
+                "pyfpm exited ({status}) before it was ready; log:\n{}",
+                p.log_text()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no \"ready to handle connections\" within {START_TIMEOUT:?}; log:\n{}",
+            p.log_text()
+        );
+        std::thread::sleep(POLL);
+    }
+    p
+}
+
+/// Pids named by the log lines `[pool <pool>] child <pid> <verb>` (e.g. verb `started`,
+/// `exited`), in log order.
+pub fn log_pids(log: &str, pool: &str, verb: &str) -> Vec<i32> {
+    let head = format!("[pool {pool}] child ");
+    log.lines()
+        .filter_map(|l| {
+            let rest = &l[l.find(&head)? + head.len()..];
+            let (pid, tail) = rest.split_once(' ')?;
+            tail.starts_with(verb).then(|| pid.parse().ok()).flatten()
+        })
+        .collect()
+}
+
+/// Index of the first log line containing every one of `needles`, if any.
+pub fn log_line_index(log: &str, needles: &[&str]) -> Option<usize> {
+    log.lines()
+        .position(|l| needles.iter().all(|n| l.contains(n)))
+}
+
+/// GET `uri` on `addr` and return (HTTP status, body parsed as JSON or Null).
+pub fn get_json(addr: &Addr, uri: &str) -> (u16, serde_json::Value) {
+    let r = fcgi::request(addr, &Request::get(uri));
+    let v = serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);
+    (r.status, v)
+}
+
+/// The `pid` field of a JSON answer from the tests' apps.
+pub fn json_pid(v: &serde_json::Value) -> i32 {
+    v["pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no pid in the answer {v}")) as i32
+}
+
+/// Run `n` requests for `uri` on `addr` at once, each on its own thread; returns the
+/// join handles (each yields the full response or the client error).
+pub fn concurrent_gets(
+    addr: &Addr,
+    uri: &str,
+    n: usize,
+) -> Vec<std::thread::JoinHandle<Result<fcgi::Response, String>>> {
+    (0..n)
+        .map(|i| {
+            let a = addr.clone();
+            let u = uri.replace("{i}", &i.to_string());
+            std::thread::spawn(move || {
+                let mut c = fcgi::Conn::connect(&a).map_err(|e| format!("connect: {e}"))?;
+                c.set_timeout(Duration::from_secs(60));
+                c.request(&Request::get(&u))
+                    .map_err(|e| format!("request: {e}"))
+            })
+        })
+        .collect()
+}
+
+/// A plain nginx (no keep-alive upstream) in front of `pass`, for the tests outside
+/// tests/nginx.rs that need to see what a real web server makes of a response. Started
+/// in the test's dir on a free loopback port; stopped by pid on drop.
+pub struct NginxProxy {
+    /// The nginx master.
+    pub child: Child,
+    /// Its HTTP port on 127.0.0.1.
+    pub port: u16,
+    /// Its error log.
+    pub error_log: PathBuf,
+}
+
+impl NginxProxy {
+    /// Start nginx proxying every request to `pass` (`unix:/path` or `127.0.0.1:port`).
+    pub fn start(env: &TestEnv, pass: &str) -> NginxProxy {
+        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .expect("nginx is not installed: run tests/run.sh (it installs Debian's nginx)");
+        let port = free_port();
+        let d = env.path().display();
+        let user = if nix::unistd::geteuid().is_root() {
+            "user root root;"
+        } else {
+            ""
+        };
+        let conf = format!(
+            "daemon off;\nmaster_process on;\n{user}\npid {d}/nginx.pid;\n\
+             error_log {d}/nginx-error.log;\nworker_processes 1;\n\
+             events {{ worker_connections 64; }}\nhttp {{\n  access_log off;\n\
+             client_body_temp_path {d}/client_body;\nfastcgi_temp_path {d}/fastcgi_temp;\n\
+             proxy_temp_path {d}/proxy_temp;\nuwsgi_temp_path {d}/uwsgi_temp;\n\
+             scgi_temp_path {d}/scgi_temp;\n  server {{\n    listen 127.0.0.1:{port};\n\
+             location / {{\n      include /etc/nginx/fastcgi_params;\n\
+             fastcgi_pass {pass};\n      fastcgi_read_timeout 120s;\n    }}\n  }}\n}}\n"
+        );
+        let conf_path = env.file("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let error_log = env.file("nginx-error.log");
+        let out = std::fs::File::create(env.file("nginx-stderr.log")).unwrap();
+        let child = Command::new(bin)
+            .arg("-p")
+            .arg(env.path())
+            .arg("-e")
+            .arg(&error_log)
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn nginx");
+        let mut n = NginxProxy {
+            child,
+            port,
+            error_log,
+        };
+        let up = wait_until(START_TIMEOUT, || {
+            matches!(n.child.try_wait(), Ok(Some(_)))
+                || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        if let Ok(Some(status)) = n.child.try_wait() {
+            panic!(
+                "nginx exited ({status}): {}",
+                std::fs::read_to_string(env.file("nginx-stderr.log")).unwrap_or_default()
+            );
+        }
+        assert!(up, "nginx did not listen on {port}");
+        n
+    }
+
+    /// One GET through nginx: (status, body).
+    pub fn get(&self, target: &str) -> (u16, Vec<u8>) {
+        let f = http::Client::new(self.port).request("GET", target, &[], b"");
+        (f.status, f.body)
+    }
+}
+
+impl Drop for NginxProxy {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+            if !wait_until(Duration::from_secs(10), || {
+                matches!(self.child.try_wait(), Ok(Some(_)))
+            }) {
+                let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+                let _ = self.child.wait();
+            }
+        }
+    }
+}

@@ -114,7 +114,7 @@ pub struct Directive {
 }
 
 const LOG_LEVELS: &[&str] = &["alert", "error", "warning", "notice", "debug"];
-const PM_MODES: &[&str] = &["static"];
+const PM_MODES: &[&str] = &["static", "dynamic", "ondemand"];
 
 /// Every directive, global ones first, each group in the order the man page lists them.
 pub const DIRECTIVES: &[Directive] = &[
@@ -186,6 +186,47 @@ pub const DIRECTIVES: &[Directive] = &[
               same build as the pyfpm executable.",
     },
     Directive {
+        name: "emergency_restart_threshold",
+        scope: Scope::Global,
+        kind: Kind::Int {
+            min: 0,
+            max: 100_000,
+        },
+        default: DefaultValue::Value("0"),
+        doc: "When this many workers (of any pool) die on SIGSEGV or SIGBUS within \
+              emergency_restart_interval, every worker is replaced, new ones first, as \
+              PHP-FPM's emergency restart does (a corrupted shared state, a bad deploy). \
+              0 turns it off; both this and emergency_restart_interval must be set.",
+    },
+    Directive {
+        name: "emergency_restart_interval",
+        scope: Scope::Global,
+        kind: Kind::Duration,
+        default: DefaultValue::Value("0"),
+        doc: "The window emergency_restart_threshold counts crashes in, such as 1m. 0 \
+              turns the emergency restart off.",
+    },
+    Directive {
+        name: "process.max",
+        scope: Scope::Global,
+        kind: Kind::Int {
+            min: 0,
+            max: 1_000_000,
+        },
+        default: DefaultValue::Value("0"),
+        doc: "The most worker processes of all pools at once, replacements included. \
+              0 means no global limit. When it is reached no worker is started until \
+              one exits, and a warning is logged once.",
+    },
+    Directive {
+        name: "systemd_interval",
+        scope: Scope::Global,
+        kind: Kind::Duration,
+        default: DefaultValue::Value("10s"),
+        doc: "Under systemd (Type=notify), how often pyfpm reports its worker counts in \
+              the unit's status line. 0 turns the reports off.",
+    },
+    Directive {
         name: "listen",
         scope: Scope::Pool,
         kind: Kind::Listen,
@@ -246,9 +287,12 @@ pub const DIRECTIVES: &[Directive] = &[
         scope: Scope::Pool,
         kind: Kind::Choice(PM_MODES),
         default: DefaultValue::Value("static"),
-        doc: "How the number of workers is managed. Only static (exactly \
-              pm.max_children workers at all times) is supported in this version; \
-              dynamic and ondemand are refused.",
+        doc: "How the number of workers is managed, as in PHP-FPM. static: exactly \
+              pm.max_children workers at all times. dynamic: pm.start_servers at \
+              start-up, then between pm.min_spare_servers and pm.max_spare_servers idle \
+              workers, checked every second. ondemand: no worker until a connection \
+              waits; then as many as the waiting connections need, up to \
+              pm.max_children; a worker idle for pm.process_idle_timeout is retired.",
     },
     Directive {
         name: "pm.max_children",
@@ -258,8 +302,144 @@ pub const DIRECTIVES: &[Directive] = &[
             max: 100_000,
         },
         default: DefaultValue::Required,
-        doc: "Number of workers. Each serves one request at a time, so this is also \
-              the number of requests the pool serves at once.",
+        doc: "static: the number of workers; dynamic and ondemand: the most workers at \
+              once. Each serves one request at a time, so this is also the number of \
+              requests the pool serves at once.",
+    },
+    Directive {
+        name: "pm.start_servers",
+        scope: Scope::Pool,
+        kind: Kind::Int {
+            min: 1,
+            max: 100_000,
+        },
+        default: DefaultValue::Unset(
+            "pm.min_spare_servers + (pm.max_spare_servers - pm.min_spare_servers) / 2",
+        ),
+        doc: "dynamic only: workers started at start-up. It must lie between \
+              pm.min_spare_servers and pm.max_spare_servers.",
+    },
+    Directive {
+        name: "pm.min_spare_servers",
+        scope: Scope::Pool,
+        kind: Kind::Int {
+            min: 1,
+            max: 100_000,
+        },
+        default: DefaultValue::Unset("required for dynamic"),
+        doc: "dynamic only: with fewer idle workers than this, workers are spawned, 1 in \
+              the first second, then twice as many each further second (up to \
+              pm.max_spawn_rate) while the pool stays short. At most pm.max_children \
+              and pm.max_spare_servers.",
+    },
+    Directive {
+        name: "pm.max_spare_servers",
+        scope: Scope::Pool,
+        kind: Kind::Int {
+            min: 1,
+            max: 100_000,
+        },
+        default: DefaultValue::Unset("required for dynamic"),
+        doc: "dynamic only: with more idle workers than this, the worker idle longest is \
+              retired, one per second (SIGQUIT, then SIGKILL after \
+              process_control_timeout). At least pm.min_spare_servers and at most \
+              pm.max_children.",
+    },
+    Directive {
+        name: "pm.max_spawn_rate",
+        scope: Scope::Pool,
+        kind: Kind::Int {
+            min: 1,
+            max: 100_000,
+        },
+        default: DefaultValue::Value("32"),
+        doc: "dynamic and ondemand: the most workers spawned in one second.",
+    },
+    Directive {
+        name: "pm.process_idle_timeout",
+        scope: Scope::Pool,
+        kind: Kind::Duration,
+        default: DefaultValue::Value("10s"),
+        doc: "ondemand only: a worker idle for longer is retired (one per second). \
+              Must be more than 0.",
+    },
+    Directive {
+        name: "pm.max_requests",
+        scope: Scope::Pool,
+        kind: Kind::Int {
+            min: 0,
+            max: i64::MAX,
+        },
+        default: DefaultValue::Value("0"),
+        doc: "A worker that has served this many requests is replaced: its replacement \
+              starts first, then it finishes its request and exits, so the pool never \
+              has fewer workers. Limits the damage of slow memory leaks. 0 = never.",
+    },
+    Directive {
+        name: "pm.max_requests_jitter",
+        scope: Scope::Pool,
+        kind: Kind::Int {
+            min: 0,
+            max: i64::MAX,
+        },
+        default: DefaultValue::Value("0"),
+        doc: "A random number of requests between 0 and this, drawn for each worker, is \
+              added to pm.max_requests, so that workers started together are not all \
+              replaced together.",
+    },
+    Directive {
+        name: "pm.max_memory",
+        scope: Scope::Pool,
+        kind: Kind::Size { min: 0 },
+        default: DefaultValue::Value("0"),
+        doc: "A worker whose resident memory, measured after each request, exceeds this \
+              (such as 512M) is replaced the same way as after pm.max_requests. 0 = off.",
+    },
+    Directive {
+        name: "pm.max_lifetime",
+        scope: Scope::Pool,
+        kind: Kind::Duration,
+        default: DefaultValue::Value("0"),
+        doc: "A worker older than this (such as 1h) is replaced the same way as after \
+              pm.max_requests. 0 = off.",
+    },
+    Directive {
+        name: "request_terminate_timeout",
+        scope: Scope::Pool,
+        kind: Kind::Duration,
+        default: DefaultValue::Value("0"),
+        doc: "A request running longer (such as 30s) is stopped: the worker answers 504 \
+              when it still can and logs the Python stack; a worker that cannot stop it \
+              (stuck in C code) is killed 5 seconds later and replaced. 0 = off.",
+    },
+    Directive {
+        name: "request_slowlog_timeout",
+        scope: Scope::Pool,
+        kind: Kind::Duration,
+        default: DefaultValue::Value("0"),
+        doc: "A request running longer has its Python stack, with pool, pid, method and \
+              URI, written to slowlog, without stopping it. Requires slowlog; must not be \
+              more than request_terminate_timeout when both are set. 0 = off.",
+    },
+    Directive {
+        name: "slowlog",
+        scope: Scope::Pool,
+        kind: Kind::Path,
+        default: DefaultValue::Unset("none"),
+        doc: "The slow-request log file, opened in append mode by the manager and \
+              reopened on SIGUSR1.",
+    },
+    Directive {
+        name: "process.max",
+        scope: Scope::Pool,
+        kind: Kind::Int {
+            min: 0,
+            max: 100_000,
+        },
+        default: DefaultValue::Value("0"),
+        doc: "The most processes of this pool at once, including replacements that \
+              overlap the workers they replace. 0 = pm.max_children twice over. It must \
+              be at least pm.max_children.",
     },
     Directive {
         name: "app",
@@ -414,7 +594,9 @@ mod tests {
     fn each_directive_is_declared_once() {
         for (i, d) in DIRECTIVES.iter().enumerate() {
             assert!(
-                DIRECTIVES[i + 1..].iter().all(|o| o.name != d.name),
+                DIRECTIVES[i + 1..]
+                    .iter()
+                    .all(|o| o.name != d.name || o.scope != d.scope),
                 "{} declared twice",
                 d.name
             );
@@ -437,7 +619,11 @@ mod tests {
         assert_eq!(suggest(Scope::Global, "error-log"), Some("error_log"));
         assert_eq!(suggest(Scope::Pool, "lisen"), Some("listen"));
         assert_eq!(suggest(Scope::Pool, "frobnicate"), None);
-        assert_eq!(suggest(Scope::Pool, "pm.start_servers"), None);
+        assert_eq!(
+            suggest(Scope::Pool, "pm.start_server"),
+            Some("pm.start_servers")
+        );
+        assert_eq!(suggest(Scope::Pool, "pm.status_path"), None);
     }
 
     /// `man/pyfpm.yaml.5` must embed [`man_section`]'s current output. Run with

@@ -118,11 +118,69 @@ impl std::fmt::Display for ListenAddr {
     }
 }
 
-/// Process-management mode. Only `static` is implemented so far.
+/// Process-management mode, with the settings that only that mode uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PmMode {
     /// Exactly `pm.max_children` workers at all times.
     Static,
+    /// Between `min_spare_servers` and `max_spare_servers` idle workers, at most
+    /// `pm.max_children` in all.
+    Dynamic {
+        /// Workers started at start-up (resolved: the derived default when unset).
+        start_servers: u32,
+        /// Fewer idle workers than this: spawn.
+        min_spare_servers: u32,
+        /// More idle workers than this: retire one per second.
+        max_spare_servers: u32,
+        /// Most workers spawned in one maintenance tick (the per-tick count doubles
+        /// from 1 up to this while the pool stays short of idle workers).
+        max_spawn_rate: u32,
+    },
+    /// No worker until a connection waits; workers idle longer than the timeout retire.
+    Ondemand {
+        /// How long a worker may stay idle before it is retired.
+        process_idle_timeout: std::time::Duration,
+        /// Most workers spawned in one maintenance tick.
+        max_spawn_rate: u32,
+    },
+}
+
+impl PmMode {
+    /// The word used in the file (`static`, `dynamic`, `ondemand`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            PmMode::Static => "static",
+            PmMode::Dynamic { .. } => "dynamic",
+            PmMode::Ondemand { .. } => "ondemand",
+        }
+    }
+}
+
+/// A pool's recycling limits, request timeouts and process cap. Zero means "off"
+/// everywhere (PHP-FPM's convention); the [`Default`] is every limit off, no slow log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolLimits {
+    /// `pm.max_requests`: a worker retires after this many requests (0 = never).
+    pub max_requests: u64,
+    /// `pm.max_requests_jitter`: up to this many requests added to `max_requests`, drawn
+    /// per worker, so workers started together do not all retire together.
+    pub max_requests_jitter: u64,
+    /// `pm.max_memory`: a worker whose RSS after a request exceeds this many bytes
+    /// retires (0 = off).
+    pub max_memory: u64,
+    /// `pm.max_lifetime`: a worker older than this is replaced (zero = off).
+    pub max_lifetime: std::time::Duration,
+    /// `request_terminate_timeout`: a request running longer is stopped (zero = off).
+    pub request_terminate_timeout: std::time::Duration,
+    /// `request_slowlog_timeout`: a request running longer has its stack written to
+    /// `slowlog` (zero = off).
+    pub request_slowlog_timeout: std::time::Duration,
+    /// `slowlog`: the slow-request log file (absolute after loading).
+    pub slowlog: Option<PathBuf>,
+    /// `process.max`: most processes of this pool at once, replacements included; 0 =
+    /// `pm.max_children` plus the same again for replacements that overlap the workers
+    /// they replace.
+    pub process_max: u32,
 }
 
 /// Global (`main file`) settings.
@@ -142,6 +200,16 @@ pub struct GlobalConfig {
     /// Explicit path of the worker extension module; `None` = find the one built with
     /// this manager.
     pub worker_module: Option<PathBuf>,
+    /// `emergency_restart_threshold`: this many workers dying on SIGSEGV or SIGBUS
+    /// within `emergency_restart_interval` restart every worker (0 = off).
+    pub emergency_restart_threshold: u32,
+    /// `emergency_restart_interval` (zero = off; both must be set).
+    pub emergency_restart_interval: std::time::Duration,
+    /// `process.max`: most worker processes across all pools (0 = unlimited).
+    pub process_max: u32,
+    /// `systemd_interval`: how often the manager sends a STATUS line to systemd (zero =
+    /// never).
+    pub systemd_interval: std::time::Duration,
 }
 
 /// One pool: a set of identical workers running one app behind one or more sockets.
@@ -167,7 +235,7 @@ pub struct PoolConfig {
     pub group: Option<String>,
     /// Process-management mode.
     pub pm: PmMode,
-    /// Number of workers (static mode).
+    /// Number of workers (static), or the most workers at once (dynamic, ondemand).
     pub max_children: u32,
     /// WSGI app, `module:callable`.
     pub app: String,
@@ -189,6 +257,8 @@ pub struct PoolConfig {
     /// `request_params_max`: largest FCGI_PARAMS stream accepted per request, in bytes
     /// (a size such as `1M` in the file).
     pub request_params_max: usize,
+    /// Recycling, timeouts, slow log and the process cap.
+    pub limits: PoolLimits,
 }
 
 /// A loaded, validated configuration.

@@ -11,7 +11,7 @@ use crate::values;
 use crate::yaml::{self, Node, NodeKind, Pos};
 use crate::{
     CheckLevel, Config, ConfigErrors, Diagnostic, GlobalConfig, ListenAddr, Location, LogLevel,
-    PmMode, PoolConfig,
+    PmMode, PoolConfig, PoolLimits,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -169,6 +169,43 @@ impl Loader<'_> {
         if let Some(p) = self.opt(&src, &map, "worker_module", |s| Ok(s.to_owned())) {
             global.worker_module = Some(values::resolve_path(&src.dir, &p));
         }
+        let count = |s: &str| values::parse_int(s, 0, 1_000_000).map(|n| n as u32);
+        if let Some(v) = self.opt(&src, &map, "emergency_restart_threshold", count) {
+            global.emergency_restart_threshold = v;
+        }
+        if let Some(v) = self.opt(
+            &src,
+            &map,
+            "emergency_restart_interval",
+            values::parse_duration,
+        ) {
+            global.emergency_restart_interval = v;
+        }
+        if (global.emergency_restart_threshold == 0) != global.emergency_restart_interval.is_zero()
+        {
+            let (set, unset) = if global.emergency_restart_threshold == 0 {
+                ("emergency_restart_interval", "emergency_restart_threshold")
+            } else {
+                ("emergency_restart_threshold", "emergency_restart_interval")
+            };
+            let pos = map
+                .get(set)
+                .map(|(_, v)| v.pos)
+                .unwrap_or(Pos { line: 0, column: 0 });
+            self.warnings.push(Diagnostic {
+                location: Some(Self::loc(&src, pos)),
+                message: format!(
+                    "'{set}' has no effect without '{unset}'; set both to enable the \
+                     emergency restart"
+                ),
+            });
+        }
+        if let Some(v) = self.opt(&src, &map, "process.max", count) {
+            global.process_max = v;
+        }
+        if let Some(v) = self.opt(&src, &map, "systemd_interval", values::parse_duration) {
+            global.systemd_interval = v;
+        }
         if let Some((_, node)) = map.get("pools").filter(|(_, v)| !v.is_null()) {
             self.pool_map(&src, node, false);
         }
@@ -194,6 +231,32 @@ impl Loader<'_> {
                     message: "defines no pools (the file is empty)".into(),
                 }),
             }
+        }
+        if global.process_max > 0 {
+            let mut found = Vec::new();
+            // A pool with errors of its own has already been reported.
+            for (pool, _) in self.pools.iter().filter(|(_, meta)| meta.clean) {
+                let floor = match pool.pm {
+                    PmMode::Static => pool.max_children,
+                    PmMode::Dynamic { start_servers, .. } => start_servers,
+                    PmMode::Ondemand { .. } => 0,
+                };
+                if floor > global.process_max {
+                    let what = match pool.pm {
+                        PmMode::Static => "pm.max_children",
+                        _ => "pm.start_servers",
+                    };
+                    found.push(Diagnostic {
+                        location: Some(pool.location.clone()),
+                        message: format!(
+                            "[pool {}] {what}({floor}) must not be greater than \
+                             process.max({}) (global)",
+                            pool.name, global.process_max
+                        ),
+                    });
+                }
+            }
+            self.errors.extend(found);
         }
         global
     }
@@ -584,12 +647,13 @@ impl Loader<'_> {
         });
         let user = self.opt(src, &map, "user", check_user);
         let group = self.opt(src, &map, "group", check_group);
-        let pm = self.or_default(src, &map, "pm", parse_pm);
         let max_children = self
             .opt(src, &map, "pm.max_children", |s| {
                 values::parse_int(s, 1, 100_000).map(|n| n as u32)
             })
             .unwrap_or(1);
+        let pm = self.pm(src, &map, name, name_pos, max_children);
+        let limits = self.limits(src, &map, name_pos, max_children);
         let app = self
             .opt(src, &map, "app", |s| {
                 values::parse_app(s).map(|()| s.to_owned())
@@ -659,8 +723,189 @@ impl Loader<'_> {
             clear_env,
             env,
             request_params_max,
+            limits,
         };
         (config, meta)
+    }
+
+    /// `pm` and the settings of its mode, checked against each other as PHP-FPM's
+    /// `fpm_conf_process_all_pools` does (same rules, same wording where it has one).
+    fn pm(
+        &mut self,
+        src: &Src,
+        map: &BTreeMap<&'static str, (&Node, &Node)>,
+        pool: &str,
+        name_pos: Pos,
+        max_children: u32,
+    ) -> PmMode {
+        let count = |s: &str| values::parse_int(s, 1, 100_000).map(|n| n as u32);
+        let word = self
+            .opt(src, map, "pm", parse_pm)
+            .unwrap_or_else(|| parse_pm(default_text("pm")).expect("table default"));
+        let pos_of = |name: &str| map.get(name).map(|(_, v)| v.pos).unwrap_or(name_pos);
+        let max_spawn_rate = self.or_default(src, map, "pm.max_spawn_rate", count);
+        match word {
+            "dynamic" => {
+                let min_spare = self.opt(src, map, "pm.min_spare_servers", count);
+                let max_spare = self.opt(src, map, "pm.max_spare_servers", count);
+                for (d, v) in [
+                    ("pm.min_spare_servers", min_spare),
+                    ("pm.max_spare_servers", max_spare),
+                ] {
+                    if v.is_none() && !map.contains_key(d) {
+                        self.err(
+                            src,
+                            name_pos,
+                            format!("pool '{pool}' has no '{d}' (required with pm: dynamic)"),
+                        );
+                    }
+                }
+                let (Some(min), Some(max)) = (min_spare, max_spare) else {
+                    return PmMode::Static;
+                };
+                let errors = self.errors.len();
+                if min > max_children || max > max_children {
+                    self.err(
+                        src,
+                        pos_of(if min > max_children {
+                            "pm.min_spare_servers"
+                        } else {
+                            "pm.max_spare_servers"
+                        }),
+                        format!(
+                            "pm.min_spare_servers({min}) and pm.max_spare_servers({max}) \
+                             cannot be greater than pm.max_children({max_children})"
+                        ),
+                    );
+                }
+                if max < min {
+                    self.err(
+                        src,
+                        pos_of("pm.max_spare_servers"),
+                        format!(
+                            "pm.max_spare_servers({max}) must not be less than \
+                             pm.min_spare_servers({min})"
+                        ),
+                    );
+                }
+                let start = match self.opt(src, map, "pm.start_servers", count) {
+                    Some(n) => n,
+                    None if map.contains_key("pm.start_servers") => min,
+                    None => {
+                        let n = min + max.saturating_sub(min) / 2;
+                        self.warnings.push(Diagnostic {
+                            location: Some(Self::loc(src, name_pos)),
+                            message: format!(
+                                "pool '{pool}': pm.start_servers is not set. It's been set to {n}."
+                            ),
+                        });
+                        n
+                    }
+                };
+                if self.errors.len() == errors && (start < min || start > max) {
+                    self.err(
+                        src,
+                        pos_of("pm.start_servers"),
+                        format!(
+                            "pm.start_servers({start}) must not be less than \
+                             pm.min_spare_servers({min}) and not greater than \
+                             pm.max_spare_servers({max})"
+                        ),
+                    );
+                }
+                PmMode::Dynamic {
+                    start_servers: start,
+                    min_spare_servers: min,
+                    max_spare_servers: max,
+                    max_spawn_rate,
+                }
+            }
+            "ondemand" => {
+                let process_idle_timeout =
+                    self.or_default(src, map, "pm.process_idle_timeout", values::parse_duration);
+                if process_idle_timeout.is_zero() {
+                    self.err(
+                        src,
+                        pos_of("pm.process_idle_timeout"),
+                        "pm.process_idle_timeout(0) must be greater than 0s",
+                    );
+                }
+                PmMode::Ondemand {
+                    process_idle_timeout,
+                    max_spawn_rate,
+                }
+            }
+            _ => PmMode::Static,
+        }
+    }
+
+    /// Recycling, timeouts, slow log and `process.max`.
+    fn limits(
+        &mut self,
+        src: &Src,
+        map: &BTreeMap<&'static str, (&Node, &Node)>,
+        name_pos: Pos,
+        max_children: u32,
+    ) -> PoolLimits {
+        let count = |s: &str| values::parse_int(s, 0, i64::MAX).map(|n| n as u64);
+        let pos_of = |name: &str| map.get(name).map(|(_, v)| v.pos).unwrap_or(name_pos);
+        let limits = PoolLimits {
+            max_requests: self.or_default(src, map, "pm.max_requests", count),
+            max_requests_jitter: self.or_default(src, map, "pm.max_requests_jitter", count),
+            max_memory: self.or_default(src, map, "pm.max_memory", values::parse_size),
+            max_lifetime: self.or_default(src, map, "pm.max_lifetime", values::parse_duration),
+            request_terminate_timeout: self.or_default(
+                src,
+                map,
+                "request_terminate_timeout",
+                values::parse_duration,
+            ),
+            request_slowlog_timeout: self.or_default(
+                src,
+                map,
+                "request_slowlog_timeout",
+                values::parse_duration,
+            ),
+            slowlog: self.opt(src, map, "slowlog", |s| {
+                Ok(values::resolve_path(&src.dir, s))
+            }),
+            process_max: self.or_default(src, map, "process.max", |s| {
+                values::parse_int(s, 0, 100_000).map(|n| n as u32)
+            }),
+        };
+        let slow = limits.request_slowlog_timeout;
+        let terminate = limits.request_terminate_timeout;
+        if !slow.is_zero() && limits.slowlog.is_none() {
+            self.err(
+                src,
+                pos_of("request_slowlog_timeout"),
+                "'slowlog' must be specified for use with 'request_slowlog_timeout'",
+            );
+        }
+        if !slow.is_zero() && !terminate.is_zero() && slow > terminate {
+            self.err(
+                src,
+                pos_of("request_slowlog_timeout"),
+                format!(
+                    "'request_slowlog_timeout' ({}) must not be greater than \
+                     'request_terminate_timeout' ({})",
+                    values::format_duration(slow),
+                    values::format_duration(terminate)
+                ),
+            );
+        }
+        if limits.process_max != 0 && limits.process_max < max_children {
+            self.err(
+                src,
+                pos_of("process.max"),
+                format!(
+                    "pm.max_children({max_children}) must not be greater than \
+                     process.max({})",
+                    limits.process_max
+                ),
+            );
+        }
+        limits
     }
 
     /// Resolve `python` / `virtualenv` to the interpreter path, checking that it exists.
@@ -1021,6 +1266,11 @@ fn default_global() -> GlobalConfig {
         process_control_timeout: values::parse_duration(default_text("process_control_timeout"))
             .expect("table default"),
         worker_module: None,
+        emergency_restart_threshold: 0,
+        emergency_restart_interval: std::time::Duration::ZERO,
+        process_max: 0,
+        systemd_interval: values::parse_duration(default_text("systemd_interval"))
+            .expect("table default"),
     }
 }
 
@@ -1066,14 +1316,14 @@ fn parse_log_level(s: &str) -> Result<LogLevel, String> {
     }
 }
 
-fn parse_pm(s: &str) -> Result<PmMode, String> {
+fn parse_pm(s: &str) -> Result<&'static str, String> {
     match s.trim() {
-        "static" => Ok(PmMode::Static),
-        "dynamic" | "ondemand" => Err(format!(
-            "'{s}' is not supported in this version of pyfpm; only 'static' is (set \
-             pm.max_children to the number of workers)"
+        "static" => Ok("static"),
+        "dynamic" => Ok("dynamic"),
+        "ondemand" => Ok("ondemand"),
+        _ => Err(format!(
+            "invalid process manager '{s}' (static, dynamic or ondemand)"
         )),
-        _ => Err(format!("unknown process manager '{s}' (use static)")),
     }
 }
 

@@ -117,6 +117,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// A size in bytes: `512`, `64K`, `64M`, `1G` (binary multiples, any case, with an
 /// optional `B` or `iB`).
+/// A duration as a sysadmin would write it back: `30s`, `1500ms`, `5m`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        format!("{ms}ms")
+    } else if ms % 3_600_000 == 0 && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
+
+/// A size (bytes), as in the config file: `512`, `1K`, `1M`, `1G`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let bad =
         || format!("invalid size '{s}' (use a whole number with an optional K, M or G, e.g. 1M)");

@@ -253,6 +253,11 @@ fn defaults_come_from_the_directive_table() {
     assert!(p.env.is_empty());
     assert!(p.python_path.is_empty());
     assert_eq!(p.request_params_max, 1 << 20);
+    assert_eq!(p.limits, pyfpm_config::PoolLimits::default());
+    assert_eq!(c.global.emergency_restart_threshold, 0);
+    assert_eq!(c.global.emergency_restart_interval, Duration::ZERO);
+    assert_eq!(c.global.process_max, 0);
+    assert_eq!(c.global.systemd_interval, Duration::from_secs(10));
 
     t.write("pyfpm.yaml", "");
     assert!(
@@ -310,7 +315,7 @@ fn unknown_keys_suggest_when_close() {
     t.write(
         "pools.d/www.yaml",
         "www:\n  listen: 9000\n  app: x:y\n  pm.max_chidren: 2\n  pm.max_children: 2\n  \
-         pm.start_servers: 2\n  log_level: debug\n  env[FOO]: bar\n  Listen: 1\n",
+         pm.status_path: /s\n  log_level: debug\n  env[FOO]: bar\n  Listen: 1\n",
     );
     assert_eq!(
         t.errors("pyfpm.yaml"),
@@ -320,7 +325,7 @@ fn unknown_keys_suggest_when_close() {
             "T/pyfpm.yaml:3:1: 'listen' is a pool directive; put it in a pool (under 'pools:' or in a pool file)",
             "T/pyfpm.yaml:5:1: 'log_level' is set twice; the first is at T/pyfpm.yaml:4:1",
             "T/pools.d/www.yaml:4:3: unknown directive 'pm.max_chidren' in pool 'www'; did you mean 'pm.max_children'?",
-            "T/pools.d/www.yaml:6:3: unknown directive 'pm.start_servers' in pool 'www'",
+            "T/pools.d/www.yaml:6:3: unknown directive 'pm.status_path' in pool 'www'",
             "T/pools.d/www.yaml:7:3: 'log_level' is a global directive; set it in the main file, not in pool 'www'",
             "T/pools.d/www.yaml:8:3: unknown directive 'env[FOO]' in pool 'www'; write env as a mapping: 'env: {FOO: value}'",
             "T/pools.d/www.yaml:9:3: unknown directive 'Listen' in pool 'www'; did you mean 'listen'?",
@@ -361,7 +366,7 @@ fn bad_values() {
     );
     t.write(
         "pools.d/www.yaml",
-        "www:\n  listen: 9000\n  app: my-app\n  pm: dynamic\n  pm.max_children: 0\n  \
+        "www:\n  listen: 9000\n  app: my-app\n  pm: dynamics\n  pm.max_children: 0\n  \
          listen.mode: 0999\n  listen.backlog: lots\n  clear_env: nope\n  request_params_max: 1X\n  \
          mount: app\n  python_path: missing\n  chdir: /nonexistent/dir\n  user: no-such-user-x\n  \
          listen.group: no-such-group-x\n  env: {1A: x, B: ~, C: [1], D: ok}\n\
@@ -376,7 +381,7 @@ fn bad_values() {
             "T/pyfpm.yaml:2:12: 'log_level': unknown level 'loud' (use alert, error, warning, notice or debug)",
             "T/pyfpm.yaml:3:26: 'process_control_timeout': invalid duration '10 parsecs' (use a whole number with ms, s, m, h or d, e.g. 30s)",
             "T/pools.d/www.yaml:3:8: 'app': 'my-app' is not module:callable (e.g. myproject.wsgi:application)",
-            "T/pools.d/www.yaml:4:7: 'pm': 'dynamic' is not supported in this version of pyfpm; only 'static' is (set pm.max_children to the number of workers)",
+            "T/pools.d/www.yaml:4:7: 'pm': invalid process manager 'dynamics' (static, dynamic or ondemand)",
             "T/pools.d/www.yaml:5:20: 'pm.max_children': must be at least 1, got 0",
             "T/pools.d/www.yaml:6:16: 'listen.mode': invalid mode '0999' (use octal digits, e.g. 0660)",
             "T/pools.d/www.yaml:7:19: 'listen.backlog': invalid integer 'lots'",
@@ -391,7 +396,6 @@ fn bad_values() {
             "T/pools.d/www.yaml:15:16: 'env': B has no value (write B: '' for an empty one)",
             "T/pools.d/www.yaml:15:25: 'env': the value of C must be text, not a list",
             "T/pools.d/www.yaml:16:1: invalid pool name 'ww w' (use letters, digits, '_', '.' and '-')",
-            "T/pools.d/www.yaml:22:7: 'pm': 'ondemand' is not supported in this version of pyfpm; only 'static' is (set pm.max_children to the number of workers)",
             "T/pools.d/www.yaml:23:16: 'listen.mode': mode '01777' is larger than 0777 (setuid, setgid and sticky bits do not apply to sockets)",
             "T/pools.d/www.yaml:24:23: 'request_params_max': 512 is below the minimum of 1K",
         ]
@@ -886,6 +890,118 @@ fn unreadable_files_are_reported() {
         [
             "T/pools.d/big.yaml: the file is larger than 1 MiB; is it really a pyfpm config file?",
             "T/pools.d/latin1.yaml: the file is not UTF-8 text (invalid byte at offset 15)",
+        ]
+    );
+}
+
+#[test]
+fn dynamic_and_ondemand_pools_with_their_settings() {
+    let t = Tree::new();
+    t.write(
+        "pyfpm.yaml",
+        "daemonize: false\nemergency_restart_threshold: 3\nemergency_restart_interval: 1m\n\
+         process.max: 40\nsystemd_interval: 0\n",
+    );
+    t.write(
+        "pools.d/www.yaml",
+        "dyn:\n  listen: 9000\n  app: a:b\n  pm: dynamic\n  pm.max_children: 10\n  \
+         pm.min_spare_servers: 2\n  pm.max_spare_servers: 6\n  pm.max_spawn_rate: 8\n  \
+         pm.max_requests: 500\n  pm.max_requests_jitter: 50\n  pm.max_memory: 256M\n  \
+         pm.max_lifetime: 1h\n  request_terminate_timeout: 30s\n  \
+         request_slowlog_timeout: 5s\n  slowlog: slow.log\n  process.max: 12\n\
+         od:\n  listen: 9001\n  app: a:b\n  pm: ondemand\n  pm.max_children: 4\n  \
+         pm.process_idle_timeout: 500ms\n\
+         dyn2:\n  listen: 9002\n  app: a:b\n  pm: dynamic\n  pm.max_children: 5\n  \
+         pm.start_servers: 3\n  pm.min_spare_servers: 3\n  pm.max_spare_servers: 3\n",
+    );
+    let c = t.load("pyfpm.yaml").unwrap();
+    assert_eq!(c.global.emergency_restart_threshold, 3);
+    assert_eq!(c.global.emergency_restart_interval, Duration::from_secs(60));
+    assert_eq!(c.global.process_max, 40);
+    assert_eq!(c.global.systemd_interval, Duration::ZERO);
+    let lines: Vec<String> = c
+        .warnings
+        .iter()
+        .map(|d| d.to_string().replace(&*t.dir.path().to_string_lossy(), "T"))
+        .collect();
+    assert_eq!(
+        lines,
+        ["T/pools.d/www.yaml:1:1: pool 'dyn': pm.start_servers is not set. It's been set to 4."]
+    );
+    let d = &c.pools[0];
+    assert_eq!(
+        d.pm,
+        PmMode::Dynamic {
+            start_servers: 4,
+            min_spare_servers: 2,
+            max_spare_servers: 6,
+            max_spawn_rate: 8
+        }
+    );
+    assert_eq!(
+        d.limits,
+        pyfpm_config::PoolLimits {
+            max_requests: 500,
+            max_requests_jitter: 50,
+            max_memory: 256 << 20,
+            max_lifetime: Duration::from_secs(3600),
+            request_terminate_timeout: Duration::from_secs(30),
+            request_slowlog_timeout: Duration::from_secs(5),
+            slowlog: Some(t.path("pools.d/slow.log")),
+            process_max: 12,
+        }
+    );
+    assert_eq!(
+        c.pools[1].pm,
+        PmMode::Ondemand {
+            process_idle_timeout: Duration::from_millis(500),
+            max_spawn_rate: 32
+        }
+    );
+    assert!(matches!(
+        c.pools[2].pm,
+        PmMode::Dynamic {
+            start_servers: 3,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn process_manager_settings_are_checked_like_php_fpm() {
+    let t = Tree::new();
+    t.write(
+        "pyfpm.yaml",
+        "process.max: 3\nemergency_restart_threshold: 2\n",
+    );
+    t.write(
+        "pools.d/www.yaml",
+        "a:\n  listen: 9000\n  app: a:b\n  pm: dynamic\n  pm.max_children: 4\n\
+         b:\n  listen: 9001\n  app: a:b\n  pm: dynamic\n  pm.max_children: 4\n  \
+         pm.min_spare_servers: 5\n  pm.max_spare_servers: 2\n\
+         c:\n  listen: 9002\n  app: a:b\n  pm: dynamic\n  pm.max_children: 4\n  \
+         pm.min_spare_servers: 1\n  pm.max_spare_servers: 2\n  pm.start_servers: 3\n\
+         d:\n  listen: 9003\n  app: a:b\n  pm: ondemand\n  pm.max_children: 2\n  \
+         pm.process_idle_timeout: 0\n  pm.max_spawn_rate: 0\n\
+         e:\n  listen: 9004\n  app: a:b\n  pm.max_children: 2\n  request_slowlog_timeout: 10s\n  \
+         request_terminate_timeout: 5s\n  process.max: 1\n  pm.max_memory: lots\n\
+         f:\n  listen: 9005\n  app: a:b\n  pm.max_children: 5\n",
+    );
+    assert_eq!(
+        t.errors("pyfpm.yaml"),
+        [
+            "T/pools.d/www.yaml:1:1: pool 'a' has no 'pm.min_spare_servers' (required with pm: dynamic)",
+            "T/pools.d/www.yaml:1:1: pool 'a' has no 'pm.max_spare_servers' (required with pm: dynamic)",
+            "T/pools.d/www.yaml:11:25: pm.min_spare_servers(5) and pm.max_spare_servers(2) cannot be greater than pm.max_children(4)",
+            "T/pools.d/www.yaml:12:25: pm.max_spare_servers(2) must not be less than pm.min_spare_servers(5)",
+            "T/pools.d/www.yaml:20:21: pm.start_servers(3) must not be less than pm.min_spare_servers(1) and not greater than pm.max_spare_servers(2)",
+            "T/pools.d/www.yaml:26:28: pm.process_idle_timeout(0) must be greater than 0s",
+            "T/pools.d/www.yaml:27:22: 'pm.max_spawn_rate': must be at least 1, got 0",
+            "T/pools.d/www.yaml:32:28: 'slowlog' must be specified for use with 'request_slowlog_timeout'",
+            "T/pools.d/www.yaml:32:28: 'request_slowlog_timeout' (10s) must not be greater than 'request_terminate_timeout' (5s)",
+            "T/pools.d/www.yaml:34:16: pm.max_children(2) must not be greater than process.max(1)",
+            "T/pools.d/www.yaml:35:18: 'pm.max_memory': invalid size 'lots' (use a whole number with an optional K, M or G, e.g. 1M)",
+            "T/pools.d/www.yaml:36:1: [pool f] pm.max_children(5) must not be greater than process.max(3) (global)",
         ]
     );
 }
