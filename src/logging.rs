@@ -106,6 +106,20 @@ impl LogSink {
         Ok(())
     }
 
+    /// Write to `path` from now on (`None`: stderr), for a reload that changed
+    /// `error_log`. The new file is opened first: on failure nothing changes.
+    pub fn retarget(&self, path: Option<&Path>) -> Result<(), LogError> {
+        let new = match path {
+            Some(path) => Target::File {
+                path: path.to_path_buf(),
+                file: open_append(path)?,
+            },
+            None => Target::Stderr,
+        };
+        *self.lock() = new;
+        Ok(())
+    }
+
     fn lock(&self) -> MutexGuard<'_, Target> {
         // A panic while holding the lock cannot leave a half-updated Target behind (each
         // field is replaced whole), so a poisoned lock is still good to use.
@@ -248,15 +262,36 @@ where
     }
 }
 
+/// The installed subscriber's level, changeable by a reload ([`set_level`]).
+static LEVEL: std::sync::OnceLock<
+    tracing_subscriber::reload::Handle<LevelFilter, tracing_subscriber::Registry>,
+> = std::sync::OnceLock::new();
+
 /// Install the global subscriber writing to `sink` at `level`.
 pub fn init(sink: &LogSink, level: LogLevel) -> Result<(), LogError> {
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_max_level(level_filter(level))
-        .event_format(PhpFpmFormat)
-        .with_writer(sink.clone())
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(level_filter(level));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .event_format(PhpFpmFormat)
+                .with_writer(sink.clone()),
+        )
         .try_init()
-        .map_err(|_| LogError::AlreadyInitialised)
+        .map_err(|_| LogError::AlreadyInitialised)?;
+    let _ = LEVEL.set(handle);
+    Ok(())
+}
+
+/// Change the level of the subscriber [`init`] installed (a reload's new `log_level`).
+/// False when there is none.
+pub fn set_level(level: LogLevel) -> bool {
+    LEVEL
+        .get()
+        .is_some_and(|h| h.reload(level_filter(level)).is_ok())
 }
 
 #[cfg(test)]

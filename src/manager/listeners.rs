@@ -345,6 +345,11 @@ pub fn serves(configured: &ListenAddr, bound: &ListenAddr) -> bool {
     }
 }
 
+/// Bind one address of `pool` with the start-up rules (a reload's new address).
+pub fn bind(pool: &PoolConfig, addr: &ListenAddr) -> Result<Listener, ListenError> {
+    bind_one(pool, addr)
+}
+
 fn bind_one(pool: &PoolConfig, addr: &ListenAddr) -> Result<Listener, ListenError> {
     match addr {
         ListenAddr::Unix(path) => bind_unix(pool, path),

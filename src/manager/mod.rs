@@ -15,7 +15,7 @@
 //! - [`pool`]: per-slot worker state and the pure decisions (what to spawn, back-off,
 //!   what an exit means).
 //! - [`output`]: worker stdout/stderr to log lines.
-//! - [`supervisor`]: the main loop (signals, events, escalation).
+//! - [`supervisor`]: the main loop (signals, events, escalation) and graceful reload.
 //! - [`daemon`]: fork to the background with a start-up handshake; the pid file.
 
 pub mod daemon;
@@ -114,7 +114,7 @@ pub fn run(cli: &Cli) -> i32 {
     } else {
         None
     };
-    start(config, module, pid_file, sink, notifier)
+    start(config, module, pid_file, cli.pid.is_some(), sink, notifier)
 }
 
 /// Report a start-up failure: to the log, to the launcher when daemonized, and to stderr
@@ -139,6 +139,7 @@ fn start(
     config: pyfpm_config::Config,
     module: PathBuf,
     pid_file: Option<PathBuf>,
+    from_cli: bool,
     sink: LogSink,
     mut notifier: Option<Notifier>,
 ) -> i32 {
@@ -158,8 +159,17 @@ fn start(
         Ok(l) => l,
         Err(e) => return fail(&sink, notifier.as_mut(), daemonized, &e.to_string()),
     };
-    let supervisor =
-        supervisor::Supervisor::new(&config, listeners, identities, module, sink.clone());
+    let supervisor = supervisor::Supervisor::new(
+        &config,
+        listeners,
+        identities,
+        module,
+        sink.clone(),
+        supervisor::PidFile {
+            path: pid_file.clone(),
+            from_cli,
+        },
+    );
     if let Some(path) = &pid_file {
         if let Err(e) = daemon::write_pid_file(path) {
             supervisor.remove_socket_files();
@@ -206,9 +216,7 @@ fn start(
             &format!("cannot install signal handlers: {e}"),
         ),
     };
-    if let Some(path) = &pid_file {
-        daemon::remove_pid_file(path);
-    }
+    // The supervisor removed the pid file (wherever a reload moved it) and the sockets.
     tracing::info!("exiting, bye-bye!");
     status
 }

@@ -49,6 +49,10 @@ pub struct Retire {
     pub reason: String,
     /// The replacement once spawned: its slot and pid.
     pub replacement: Option<(usize, i32)>,
+    /// Replaced by the pool's next generation as a whole (a reload), not one for one:
+    /// it gets SIGQUIT once enough of that generation is ready, and no replacement of
+    /// its own.
+    pub batch: bool,
 }
 
 /// A live worker process in a slot.
@@ -157,6 +161,10 @@ pub struct PoolState {
     pub failures: u32,
     /// No worker is started before this instant (the back-off deadline).
     pub not_before: Option<Instant>,
+    /// The most processes the pool may have at once (see `pool_capacity`). Equal to
+    /// `slots.len()` except just after a reload lowered it while old workers still
+    /// hold slots beyond it.
+    pub capacity: usize,
 }
 
 impl PoolState {
@@ -172,6 +180,27 @@ impl PoolState {
             warned_process_max: false,
             failures: 0,
             not_before: None,
+            capacity: slots,
+        }
+    }
+
+    /// Allow `capacity` processes from now on (a reload). The slots in use stay where
+    /// they are, so the slot list only shrinks once the workers beyond it are gone
+    /// ([`PoolState::trim`]).
+    pub fn resize(&mut self, capacity: usize) {
+        self.capacity = capacity;
+        let used = self
+            .slots
+            .iter()
+            .rposition(Option::is_some)
+            .map_or(0, |i| i + 1);
+        self.slots.resize(capacity.max(used), None);
+    }
+
+    /// Drop the empty slots beyond the capacity.
+    pub fn trim(&mut self) {
+        while self.slots.len() > self.capacity && self.slots.last().is_some_and(Option::is_none) {
+            self.slots.pop();
         }
     }
 
@@ -192,8 +221,11 @@ impl PoolState {
         u32::MAX
     }
 
-    /// The lowest free slot.
+    /// The lowest free slot, if the pool has room for one more process.
     pub fn free_slot(&self) -> Option<usize> {
+        if self.live() >= self.capacity {
+            return None;
+        }
         self.slots.iter().position(Option::is_none)
     }
 
@@ -262,6 +294,7 @@ impl PoolState {
                 w.retire = Some(Retire {
                     reason: reason.to_string(),
                     replacement: None,
+                    batch: false,
                 });
                 n += 1;
             }
@@ -488,6 +521,26 @@ mod tests {
             w.observe(Some((SlotState::Idle, 4)), t(8)),
             Status::Idle { since: t(8) }
         );
+    }
+
+    #[test]
+    fn a_lowered_capacity_keeps_busy_slots_until_they_free_up() {
+        let now = Instant::now();
+        let mut p = PoolState::new("www", 6, 3);
+        p.slots[0] = worker(10, WorkerState::Ready, now);
+        p.slots[4] = worker(14, WorkerState::Ready, now);
+        // A reload lowers the capacity to 2: slot 4 is still in use.
+        p.resize(2);
+        assert_eq!(p.slots.len(), 5);
+        assert_eq!(p.free_slot(), None, "two processes already: no room");
+        p.slots[4] = None;
+        assert_eq!(p.free_slot(), Some(1));
+        p.trim();
+        assert_eq!(p.slots.len(), 2);
+        // Raising it adds slots.
+        p.resize(4);
+        assert_eq!(p.slots.len(), 4);
+        assert_eq!(p.free_slot(), Some(1));
     }
 
     #[test]

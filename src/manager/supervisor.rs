@@ -12,7 +12,10 @@
 //! Replacing a worker (recycling, `pm.max_lifetime`, emergency restart) is one
 //! mechanism: mark it [`Retire`], start its replacement, and SIGQUIT it once the
 //! replacement is ready, so capacity never dips. [`PoolState::replace_all`] applies it to
-//! a whole pool and starts a new generation; a reload can reuse both.
+//! a whole pool and starts a new generation. A reload (SIGUSR2/SIGHUP, see [`reload`])
+//! retires a whole generation at once instead (`Retire::batch`): the new generation
+//! may differ in size, and the old workers get SIGQUIT together once enough new ones
+//! are ready.
 //!
 //! Maintenance tick: the planner's dynamic/ondemand rules, `pm.max_lifetime`, the
 //! `request_terminate_timeout` backstop (a worker whose request outlived the timeout by
@@ -40,6 +43,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+
+pub mod reload;
 
 /// How long a fast stop (SIGTERM/SIGINT) waits before SIGKILL.
 pub const FAST_STOP_GRACE: Duration = Duration::from_secs(2);
@@ -124,6 +129,86 @@ struct PoolRuntime {
     scoreboard: Option<Scoreboard>,
     /// Its slow log, open for appending.
     slowlog: Option<std::fs::File>,
+    /// Removed from the config by a reload: its workers are finishing, nothing is
+    /// started for it any more. The entry stays (empty) so that pool indices held by
+    /// worker monitors stay valid.
+    removed: bool,
+    /// Scoreboards of earlier generations still used by their workers, oldest first:
+    /// `(g, board)` serves the workers of generations below `g` (see
+    /// [`PoolRuntime::board_for`]). A reload that needs more slots creates a new board
+    /// for its generation; the old workers keep theirs.
+    old_boards: Vec<(u64, Option<Scoreboard>)>,
+    /// A reload's hand-over from the old generation to the new one, while it runs.
+    handover: Option<reload::Handover>,
+}
+
+impl PoolRuntime {
+    /// A pool about to start, with its sockets and identity.
+    fn new(pool: &PoolConfig, listeners: Vec<Listener>, identity: Option<Identity>) -> Self {
+        let capacity = pool_capacity(pool);
+        PoolRuntime {
+            state: PoolState::new(&pool.name, capacity, pool.max_children),
+            config: pool.clone(),
+            listeners,
+            identity,
+            scoreboard: create_scoreboard(&pool.name, capacity),
+            slowlog: pool
+                .limits
+                .slowlog
+                .as_deref()
+                .and_then(|path| open_slowlog_logged(&pool.name, path)),
+            removed: false,
+            old_boards: Vec::new(),
+            handover: None,
+        }
+    }
+
+    /// The scoreboard a worker of `generation` writes to.
+    fn board_for(&self, generation: u64) -> Option<&Scoreboard> {
+        match self
+            .old_boards
+            .iter()
+            .find(|(until, _)| generation < *until)
+        {
+            Some((_, board)) => board.as_ref(),
+            None => self.scoreboard.as_ref(),
+        }
+    }
+
+    /// Forget the boards no live worker uses any more, and the empty slots beyond the
+    /// capacity.
+    fn drop_unused_boards(&mut self) {
+        let slots = &self.state.slots;
+        self.old_boards
+            .retain(|(until, _)| slots.iter().flatten().any(|w| w.generation < *until));
+        self.state.trim();
+    }
+}
+
+/// A pool's scoreboard with `slots` slots; `None` (logged) when it cannot be created.
+fn create_scoreboard(pool: &str, slots: usize) -> Option<Scoreboard> {
+    match Scoreboard::create(slots) {
+        Ok(sb) => Some(sb),
+        Err(e) => {
+            tracing::error!(
+                "[pool {pool}] cannot create the scoreboard: {e}; idle and busy workers \
+                 cannot be told apart"
+            );
+            None
+        }
+    }
+}
+
+/// Open a pool's slow log, logging a failure.
+fn open_slowlog_logged(pool: &str, path: &std::path::Path) -> Option<std::fs::File> {
+    open_slowlog(path)
+        .map_err(|e| {
+            tracing::error!(
+                "[pool {pool}] cannot open the slow log {}: {e}",
+                path.display()
+            )
+        })
+        .ok()
 }
 
 /// The most processes a pool may have at once: `process.max`, or `pm.max_children`
@@ -211,6 +296,31 @@ pub struct Supervisor {
     warned_process_max: bool,
     /// `emergency_restart_threshold` bookkeeping.
     emergency: Emergency,
+    /// The main configuration file, read again by a reload.
+    config_path: PathBuf,
+    /// The pid file written at start-up (moved by a reload that changes `pid`).
+    pid_file: Option<PathBuf>,
+    /// `--pid` was given: it wins over the config's `pid`, also after a reload.
+    pid_from_cli: bool,
+    /// Reload bookkeeping (see [`reload`]).
+    reload: reload::Progress,
+    /// Sockets no pool listens on any more, kept open until the last worker accepting
+    /// on them has been told to finish.
+    retired_listeners: Vec<reload::Retired>,
+    /// Sockets systemd passed that the current config does not use: kept (never
+    /// closed or unlinked) so a later reload that names them again serves them.
+    spare_inherited: Vec<Listener>,
+    /// The tasks watching ondemand pools' sockets, stopped and redone by a reload.
+    watchers: Vec<tokio::task::AbortHandle>,
+}
+
+/// Where the pid file is, and whether `--pid` named it.
+#[derive(Clone, Debug, Default)]
+pub struct PidFile {
+    /// The path, if any.
+    pub path: Option<PathBuf>,
+    /// It came from `--pid` (a reload keeps it whatever the config says).
+    pub from_cli: bool,
 }
 
 impl Supervisor {
@@ -222,6 +332,7 @@ impl Supervisor {
         identities: Vec<Option<Identity>>,
         module: PathBuf,
         log: LogSink,
+        pid_file: PidFile,
     ) -> Supervisor {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let pools = config
@@ -229,39 +340,7 @@ impl Supervisor {
             .iter()
             .zip(listeners)
             .zip(identities)
-            .map(|((pool, listeners), identity)| {
-                let capacity = pool_capacity(pool);
-                let scoreboard = match Scoreboard::create(capacity) {
-                    Ok(sb) => Some(sb),
-                    Err(e) => {
-                        tracing::error!(
-                            "[pool {}] cannot create the scoreboard: {e}; idle and busy \
-                             workers cannot be told apart",
-                            pool.name
-                        );
-                        None
-                    }
-                };
-                let slowlog = pool.limits.slowlog.as_deref().and_then(|path| {
-                    open_slowlog(path)
-                        .map_err(|e| {
-                            tracing::error!(
-                                "[pool {}] cannot open the slow log {}: {e}",
-                                pool.name,
-                                path.display()
-                            )
-                        })
-                        .ok()
-                });
-                PoolRuntime {
-                    state: PoolState::new(&pool.name, capacity, pool.max_children),
-                    config: pool.clone(),
-                    listeners,
-                    identity,
-                    scoreboard,
-                    slowlog,
-                }
-            })
+            .map(|((pool, listeners), identity)| PoolRuntime::new(pool, listeners, identity))
             .collect();
         Supervisor {
             pools,
@@ -281,6 +360,13 @@ impl Supervisor {
                 interval: config.global.emergency_restart_interval,
                 deaths: VecDeque::new(),
             },
+            config_path: config.main_file.clone(),
+            pid_file: pid_file.path,
+            pid_from_cli: pid_file.from_cli,
+            reload: reload::Progress::default(),
+            retired_listeners: Vec::new(),
+            spare_inherited: Vec::new(),
+            watchers: Vec::new(),
         }
     }
 
@@ -290,6 +376,17 @@ impl Supervisor {
             for l in &pool.listeners {
                 l.remove_socket_file();
             }
+        }
+        for r in &self.retired_listeners {
+            r.listener.remove_socket_file();
+        }
+    }
+
+    /// The end of the run: socket files and the pid file go.
+    fn clean_up(&self) {
+        self.remove_socket_files();
+        if let Some(path) = &self.pid_file {
+            super::daemon::remove_pid_file(path);
         }
     }
 
@@ -324,7 +421,7 @@ impl Supervisor {
         ) = match handlers {
             Ok(h) => h,
             Err(e) => {
-                self.remove_socket_files();
+                self.clean_up();
                 return Err(e);
             }
         };
@@ -337,6 +434,7 @@ impl Supervisor {
         started();
         loop {
             self.maintain(Trigger::Event);
+            self.settle_reload();
             if matches!(self.phase, Phase::Stopping { .. }) && self.live() == 0 {
                 break;
             }
@@ -347,25 +445,19 @@ impl Supervisor {
                 _ = sigint.recv() => self.begin_stop(StopKind::Fast, "Terminating ..."),
                 _ = sigquit.recv() => self.begin_stop(StopKind::Graceful, "Finishing ..."),
                 _ = sigusr1.recv() => self.reopen_log(),
-                // PHP-FPM users send USR2 (and HUP) to reload; until reload exists it
-                // must not kill the manager (the default action) and with it every worker.
-                _ = sigusr2.recv() => tracing::warn!(
-                    "reload (SIGUSR2) is not supported yet; ignoring it"
-                ),
-                _ = sighup.recv() => tracing::warn!(
-                    "reload (SIGHUP) is not supported yet; ignoring it"
-                ),
+                _ = sigusr2.recv() => self.request_reload("SIGUSR2"),
+                _ = sighup.recv() => self.request_reload("SIGHUP"),
                 _ = sigttin.recv() => self.add_worker(),
                 _ = sigttou.recv() => self.remove_worker(),
                 _ = tick.tick() => self.on_tick(),
                 _ = sleep_until(wake) => self.on_deadline(),
                 // systemd: periodic STATUS line and watchdog keep-alive (systemd.rs).
                 _ = super::systemd::tick_due() => {
-                    super::systemd::tick(self.pools.iter().map(|p| &p.state))
+                    super::systemd::tick(self.pools.iter().filter(|p| !p.removed).map(|p| &p.state))
                 }
             }
         }
-        self.remove_socket_files();
+        self.clean_up();
         Ok(self.exit_status)
     }
 
@@ -373,9 +465,12 @@ impl Supervisor {
     /// only: the sockets are shared with the workers, so their flags (O_NONBLOCK) are
     /// left alone and nothing is accepted here; edge-triggered, so a connection that
     /// stays queued is seen again by the next tick's poll, not by a busy loop.
-    fn watch_ondemand_sockets(&self) {
+    fn watch_ondemand_sockets(&mut self) {
+        for watcher in self.watchers.drain(..) {
+            watcher.abort(); // drops its duplicate of the socket
+        }
         for pool in &self.pools {
-            if !matches!(pool.config.pm, PmMode::Ondemand { .. }) {
+            if pool.removed || !matches!(pool.config.pm, PmMode::Ondemand { .. }) {
                 continue;
             }
             for l in &pool.listeners {
@@ -404,7 +499,7 @@ impl Supervisor {
                     }
                 };
                 let tx = self.events_tx.clone();
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     while let Ok(mut guard) = afd.readable().await {
                         guard.clear_ready();
                         if tx.send(Event::Pending).is_err() {
@@ -412,6 +507,7 @@ impl Supervisor {
                         }
                     }
                 });
+                self.watchers.push(task.abort_handle());
             }
         }
     }
@@ -440,7 +536,9 @@ impl Supervisor {
     fn announce_ready(&mut self) {
         if !self.announced_ready
             && self.pools.iter().all(|p| {
-                p.state.has_ready_worker() || matches!(p.config.pm, PmMode::Ondemand { .. })
+                p.removed
+                    || p.state.has_ready_worker()
+                    || matches!(p.config.pm, PmMode::Ondemand { .. })
             })
         {
             self.announced_ready = true;
@@ -456,8 +554,12 @@ impl Supervisor {
             return;
         }
         for index in 0..self.pools.len() {
+            if self.pools[index].removed {
+                continue;
+            }
             self.spawn_replacements(index);
             self.plan_pool(index, trigger);
+            self.spawn_for_handover(index);
         }
     }
 
@@ -470,7 +572,9 @@ impl Supervisor {
             .flatten()
             .filter(|w| {
                 !matches!(w.state, WorkerState::Stopping { .. })
-                    && w.retire.as_ref().is_some_and(|r| r.replacement.is_none())
+                    && w.retire
+                        .as_ref()
+                        .is_some_and(|r| r.replacement.is_none() && !r.batch)
             })
             .map(|w| w.pid)
             .collect();
@@ -536,16 +640,23 @@ impl Supervisor {
             Waiting::No
         };
         let pool = &mut self.pools[index];
-        let scoreboard = pool.scoreboard.as_ref();
         let mut views = Vec::new();
-        for (slot, w) in pool.state.slots.iter_mut().enumerate() {
-            let Some(w) = w.as_mut().filter(|w| w.counted()) else {
+        for slot in 0..pool.state.slots.len() {
+            let Some(generation) = pool.state.slots[slot]
+                .as_ref()
+                .filter(|w| w.counted())
+                .map(|w| w.generation)
+            else {
                 continue;
             };
+            let scoreboard = pool.board_for(generation);
             let seen = scoreboard.and_then(|sb| sb.try_slot(slot)).map(|s| {
                 let snap = s.snapshot();
                 (snap.state, snap.requests)
             });
+            let Some(w) = pool.state.slots[slot].as_mut() else {
+                continue;
+            };
             views.push(planner::View {
                 pid: w.pid,
                 status: w.observe(seen, now),
@@ -697,8 +808,8 @@ impl Supervisor {
         match spawner.spawn(slot as u32) {
             Ok(spawned) => {
                 let pid = spawned.child.id().map(|p| p as i32).unwrap_or(-1);
-                if let Some(sb) = &pool.scoreboard {
-                    sb.slot(slot).assign(pid.max(0) as u32, unix_ms());
+                if let Some(s) = pool.scoreboard.as_ref().and_then(|sb| sb.try_slot(slot)) {
+                    s.assign(pid.max(0) as u32, unix_ms());
                 }
                 tracing::info!("[pool {}] child {pid} started", pool.config.name);
                 pool.state.slots[slot] = Some(Worker::new(
@@ -758,6 +869,7 @@ impl Supervisor {
         w.retire = Some(Retire {
             reason,
             replacement: None,
+            batch: false,
         });
     }
 
@@ -834,12 +946,10 @@ impl Supervisor {
         if timeout.is_zero() {
             return;
         }
-        let Some(sb) = self.pools[index].scoreboard.as_ref() else {
-            return;
-        };
+        let pool = &self.pools[index];
         let limit_us = (timeout + TERMINATE_BACKSTOP).as_micros() as u64;
         let mut stuck = Vec::new();
-        for (slot, w) in self.pools[index].state.slots.iter().enumerate() {
+        for (slot, w) in pool.state.slots.iter().enumerate() {
             let Some(w) = w else { continue };
             if matches!(
                 w.state,
@@ -850,7 +960,11 @@ impl Supervisor {
             ) {
                 continue;
             }
-            let Some(snap) = sb.try_slot(slot).map(|s| s.snapshot()) else {
+            let Some(snap) = pool
+                .board_for(w.generation)
+                .and_then(|sb| sb.try_slot(slot))
+                .map(|s| s.snapshot())
+            else {
                 continue;
             };
             let busy = matches!(
@@ -880,6 +994,9 @@ impl Supervisor {
         }
         for index in 0..self.pools.len() {
             let pool = &mut self.pools[index];
+            if pool.removed {
+                continue;
+            }
             let name = pool.config.name.clone();
             let counted = pool.state.counted();
             match pool.config.pm {
@@ -926,6 +1043,9 @@ impl Supervisor {
         }
         for index in 0..self.pools.len() {
             let pool = &mut self.pools[index];
+            if pool.removed {
+                continue;
+            }
             let name = pool.config.name.clone();
             let counted = pool.state.counted();
             let floor = match pool.config.pm {
@@ -1056,9 +1176,13 @@ impl Supervisor {
             }
         );
         pool.state.slots[slot] = None;
-        if let Some(sb) = &pool.scoreboard {
-            sb.slot(slot).release();
+        if let Some(s) = pool
+            .board_for(worker.generation)
+            .and_then(|sb| sb.try_slot(slot))
+        {
+            s.release();
         }
+        pool.drop_unused_boards();
         if !worker.was_ready() {
             // A replacement that never became ready: its predecessor needs another.
             pool.state.unlink_replacement(pid);

@@ -323,8 +323,17 @@ enum Wait {
 }
 
 /// Wait (GIL released) for the next request on a connection, answering management
-/// records meanwhile.
-fn wait_for_request(shared: &Shared, stop: &Stop) -> Result<Wait, ConnError> {
+/// records meanwhile. After a stop: `first` (no request came on this connection yet)
+/// still waits for that request, as PHP-FPM's worker does -- the web server connected
+/// and is about to send it, and dropping the connection would fail it (bounded: the
+/// manager SIGKILLs a worker still there after `process_control_timeout`);
+/// `finish_pending` still serves a next request that is already arriving.
+fn wait_for_request(
+    shared: &Shared,
+    stop: &Stop,
+    first: bool,
+    finish_pending: bool,
+) -> Result<Wait, ConnError> {
     let mut conn = lock(shared);
     loop {
         conn.process_events()?;
@@ -333,11 +342,25 @@ fn wait_for_request(shared: &Shared, stop: &Stop) -> Result<Wait, ConnError> {
         }
         let idle = conn.req.is_none();
         if idle && !conn.has_buffered_input() {
-            // Between requests: a stop wins, and poll also watches the stop sources.
-            if stop.requested() {
-                return Ok(Wait::Stop);
-            }
+            // Between requests: a stop wins, and poll also watches the stop sources --
+            // unless the next request is already arriving: closing then would reset a
+            // request the web server has sent (nginx retries that only for idempotent
+            // methods on a cached connection), so it is served first.
             let fd = conn.raw_fd().ok_or(ConnError::Closed)?;
+            if stop.requested() {
+                if first {
+                    wait_readable(fd).map_err(|e| ConnError::Io {
+                        op: "waiting for the web server's first request",
+                        source: Arc::new(e),
+                    })?;
+                } else if !finish_pending || !readable_now(fd) {
+                    return Ok(Wait::Stop);
+                }
+                if !conn.fill()? {
+                    return Ok(Wait::Closed);
+                }
+                continue;
+            }
             let polled = stop.poll(&[fd]).map_err(|e| ConnError::Io {
                 op: "waiting for the web server",
                 source: Arc::new(e),
@@ -347,11 +370,46 @@ fn wait_for_request(shared: &Shared, stop: &Stop) -> Result<Wait, ConnError> {
             }
             if !polled.readable[0] {
                 // Only a stop source fired.
+                if first {
+                    continue; // the branch above waits for the first request
+                }
                 return Ok(Wait::Stop);
             }
         }
         if !conn.fill()? {
             return Ok(Wait::Closed);
+        }
+    }
+}
+
+/// Whether `fd` has data (or end of file) to read right now.
+fn readable_now(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents != 0
+}
+
+/// Block until `fd` has data (or end of file) to read.
+fn wait_readable(fd: RawFd) -> io::Result<()> {
+    loop {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; no timeout.
+        let n = unsafe { libc::poll(&mut p, 1, -1) };
+        if n > 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if n < 0 && err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
         }
     }
 }
@@ -367,9 +425,18 @@ fn serve_connection(py: Python<'_>, worker: &Worker, sock: Socket, peer: String)
         max_conns: worker.spec.fcgi_max_conns,
     };
     let shared: Shared = Arc::new(Mutex::new(Conn::new(sock, peer, config, capacity)));
+    // After a stop, at most one more already-arriving request is served (a web server
+    // that keeps the connection busy must not keep the worker forever).
+    let mut finish_pending = true;
+    let mut first = true;
     loop {
-        match py.detach(|| wait_for_request(&shared, &worker.stop)) {
-            Ok(Wait::Ready) => {}
+        let stopping = worker.stop.requested();
+        let waited = py.detach(|| wait_for_request(&shared, &worker.stop, first, finish_pending));
+        if stopping && !first {
+            finish_pending = false;
+        }
+        match waited {
+            Ok(Wait::Ready) => first = false,
             Ok(Wait::Closed) | Ok(Wait::Stop) => break,
             Ok(Wait::Interrupted) => {
                 if !check_signals(py, worker) {
