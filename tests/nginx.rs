@@ -6,137 +6,10 @@ mod common;
 
 use common::fcgi::Addr;
 use common::http;
+use common::nginx::Nginx;
 use common::{Pool, Pyfpm, TestEnv, crc32, free_port, test_bytes, wait_until};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-/// The README test command installs nginx; without it these tests fail, never skip.
-fn nginx_bin() -> PathBuf {
-    for p in ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"] {
-        if Path::new(p).is_file() {
-            return p.into();
-        }
-    }
-    panic!(
-        "nginx is not installed: run the README test command (it installs the Debian \
-         nginx package), or `apt-get install nginx-light`/`nginx`, then run the tests again"
-    );
-}
-
-/// A running nginx master started by a test, stopped by pid on drop.
-struct Nginx {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Nginx {
-    fn error_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("nginx-error.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-            if !wait_until(Duration::from_secs(10), || {
-                matches!(self.child.try_wait(), Ok(Some(_)))
-            }) {
-                let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-                let _ = self.child.wait();
-            }
-        }
-    }
-}
-
-/// Write an nginx.conf for `pass` (`unix:/path` or `127.0.0.1:port`) and start nginx.
-fn start_nginx(env: &TestEnv, pass: &str, keepalive: bool) -> Nginx {
-    let bin = nginx_bin();
-    let dir = env.path().to_path_buf();
-    let port = free_port();
-    let d = dir.display();
-    // As root, nginx would run its workers as `nobody`, who may not enter the test's
-    // private temp dir or connect to a 0660 socket: keep them as the test's user.
-    let user = if nix::unistd::geteuid().is_root() {
-        "user root root;"
-    } else {
-        ""
-    };
-    let (upstream, target, keep) = if keepalive {
-        (
-            format!("upstream pyfpm {{ server {pass}; keepalive 4; }}"),
-            "pyfpm".to_string(),
-            "fastcgi_keep_conn on;",
-        )
-    } else {
-        (String::new(), pass.to_string(), "")
-    };
-    let conf = format!(
-        "daemon off;
-master_process on;
-{user}
-pid {d}/nginx.pid;
-error_log {d}/nginx-error.log;
-worker_processes 1;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/client_body;
-    fastcgi_temp_path {d}/fastcgi_temp;
-    proxy_temp_path {d}/proxy_temp;
-    uwsgi_temp_path {d}/uwsgi_temp;
-    scgi_temp_path {d}/scgi_temp;
-    client_max_body_size 16m;
-    {upstream}
-    server {{
-        listen 127.0.0.1:{port};
-        server_name localhost;
-        location / {{
-            include /etc/nginx/fastcgi_params;
-            fastcgi_pass {target};
-            {keep}
-        }}
-    }}
-}}
-"
-    );
-    let conf_path = dir.join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let out = std::fs::File::create(dir.join("nginx-stderr.log")).unwrap();
-    let child = Command::new(bin)
-        .arg("-p")
-        .arg(&dir)
-        .arg("-e")
-        .arg(dir.join("nginx-error.log"))
-        .arg("-c")
-        .arg(&conf_path)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .expect("spawn nginx");
-    let mut n = Nginx { child, port, dir };
-    let up = wait_until(common::START_TIMEOUT, || {
-        if let Ok(Some(_)) = n.child.try_wait() {
-            return true;
-        }
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    if let Ok(Some(status)) = n.child.try_wait() {
-        panic!(
-            "nginx exited ({status}): {}{}",
-            std::fs::read_to_string(n.dir.join("nginx-stderr.log")).unwrap_or_default(),
-            n.error_log()
-        );
-    }
-    assert!(up, "nginx did not listen on {port}: {}", n.error_log());
-    n
-}
 
 /// pyfpm (Unix socket or TCP) behind nginx. Field order: the client's kept-alive
 /// connections close first, then nginx stops, then pyfpm, then the directory goes.
@@ -168,7 +41,10 @@ fn stack(app: &str, tcp: bool, keepalive: bool) -> Stack {
         )
     };
     let pyfpm = env.start(&[Pool::new("www", app).listen(&listen).children(2)], &addr);
-    let nginx = start_nginx(&env, &pass, keepalive);
+    let nginx = Nginx::builder(&pass)
+        .keepalive(keepalive.then_some(4))
+        .server("client_max_body_size 16m;")
+        .start(&env);
     Stack {
         http: http::Client::new(nginx.port),
         nginx,

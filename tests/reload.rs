@@ -7,6 +7,7 @@
 mod common;
 
 use common::fcgi::{Addr, ResponseExt};
+use common::nginx::Nginx;
 use common::{
     POLL, Pool, Pyfpm, START_TIMEOUT, TestEnv, children_of, free_port, get_json, json_pid,
     log_pids, wait_until,
@@ -14,7 +15,7 @@ use common::{
 use nix::sys::signal::Signal;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -295,94 +296,6 @@ fn a_storm_of_reload_signals_ends_in_one_generation() {
     );
 }
 
-/// nginx in front of `pass`, with an upstream keep-alive pool and `fastcgi_keep_conn`
-/// when `keep_conn`.
-struct Nginx {
-    child: Child,
-    port: u16,
-    error_log: PathBuf,
-}
-
-impl Nginx {
-    fn start(env: &TestEnv, pass: &str, keep_conn: bool) -> Nginx {
-        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-            .expect("nginx is not installed: run tests/run.sh (it installs Debian's nginx)");
-        let port = free_port();
-        let d = env.path().display();
-        let user = if nix::unistd::geteuid().is_root() {
-            "user root root;"
-        } else {
-            ""
-        };
-        let (upstream, keep) = if keep_conn {
-            ("keepalive 32;", "fastcgi_keep_conn on;")
-        } else {
-            ("", "")
-        };
-        let conf = format!(
-            "daemon off;\nmaster_process on;\n{user}\npid {d}/nginx.pid;\n\
-             error_log {d}/nginx-error.log;\nworker_processes 1;\n\
-             events {{ worker_connections 256; }}\nhttp {{\n  access_log off;\n\
-             client_body_temp_path {d}/client_body;\nfastcgi_temp_path {d}/fastcgi_temp;\n\
-             proxy_temp_path {d}/proxy_temp;\nuwsgi_temp_path {d}/uwsgi_temp;\n\
-             scgi_temp_path {d}/scgi_temp;\n\
-             upstream pyfpm {{ server {pass}; {upstream} }}\n\
-             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
-             include /etc/nginx/fastcgi_params;\n      fastcgi_pass pyfpm;\n      {keep}\n\
-             fastcgi_read_timeout 60s;\n    }}\n  }}\n}}\n"
-        );
-        let conf_path = env.file("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let error_log = env.file("nginx-error.log");
-        let out = std::fs::File::create(env.file("nginx-stderr.log")).unwrap();
-        let child = Command::new(bin)
-            .arg("-p")
-            .arg(env.path())
-            .arg("-e")
-            .arg(&error_log)
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawn nginx");
-        let mut n = Nginx {
-            child,
-            port,
-            error_log,
-        };
-        let up = wait_until(START_TIMEOUT, || {
-            matches!(n.child.try_wait(), Ok(Some(_)))
-                || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(
-            up && matches!(n.child.try_wait(), Ok(None)),
-            "nginx did not start: {}",
-            std::fs::read_to_string(env.file("nginx-stderr.log")).unwrap_or_default()
-        );
-        n
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
-            if !wait_until(Duration::from_secs(10), || {
-                matches!(self.child.try_wait(), Ok(Some(_)))
-            }) {
-                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-                let _ = self.child.wait();
-            }
-        }
-    }
-}
-
 /// What wrk reported.
 #[derive(Debug, Default)]
 struct WrkResult {
@@ -442,10 +355,11 @@ fn zero_drop(keep_conn: bool) {
         &[echo_pool(&env, "www", &listen, children, "1")],
         &addr,
     );
-    let nginx = Nginx::start(&env, &format!("unix:{listen}"), keep_conn);
-    let (status, _) = common::http::Client::new(nginx.port)
-        .request("GET", "/", &[], b"")
-        .pipe(|f| (f.status, f.body));
+    let nginx = Nginx::builder(&format!("unix:{listen}"))
+        .keepalive(keep_conn.then_some(32))
+        .location("fastcgi_read_timeout 60s;")
+        .start(&env);
+    let (status, _) = nginx.get("/");
     assert_eq!(status, 200);
     let load = Command::new(&wrk)
         .args(["-t2", "-c16", "-d8s"])
@@ -470,8 +384,8 @@ fn zero_drop(keep_conn: bool) {
     let log = wait_count(&p, "configuration reloaded", 1, RELOAD_WITHIN);
     let executed = count(&log, "Reloading in progress ...");
     let r = parse_wrk(&stdout);
-    let nginx_errors: Vec<String> = std::fs::read_to_string(&nginx.error_log)
-        .unwrap_or_default()
+    let nginx_errors: Vec<String> = nginx
+        .error_log()
         .lines()
         .filter(|l| l.contains("[error]") || l.contains("[crit]") || l.contains("[alert]"))
         .map(str::to_string)
@@ -496,14 +410,6 @@ fn zero_drop(keep_conn: bool) {
     drop(nginx);
     assert!(Path::new(&listen).exists());
 }
-
-/// `value.pipe(f)`: apply `f` (keeps the request/inspect chain readable).
-trait Pipe: Sized {
-    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
-        f(self)
-    }
-}
-impl<T> Pipe for T {}
 
 #[test]
 fn zero_drop_under_load_without_keep_conn() {
@@ -735,8 +641,13 @@ fn dynamic_and_ondemand_pools_hand_over_too() {
                     || l.ends_with(", 2 old workers finishing"))),
         "{log}"
     );
+    // The dynamic pool hands over at least its start_servers; under load the planner
+    // may have grown it by one more before the reload.
     assert!(
-        log.contains("[pool dyn] reloaded: 2 new workers ready, 2 old workers finishing"),
+        log.lines().any(|l| l.contains("[pool dyn] reloaded: ")
+            && (l.contains(": 2 new workers ready, ") || l.contains(": 3 new workers ready, "))
+            && (l.ends_with(", 2 old workers finishing")
+                || l.ends_with(", 3 old workers finishing"))),
         "{log}"
     );
     p.wait_log(

@@ -8,7 +8,8 @@
 mod common;
 
 use common::fcgi::{self, Addr, Request};
-use common::{NginxProxy, Pool, Pyfpm, TestEnv, get_json, json_pid, wait_until, write_config_pm};
+use common::nginx::Nginx;
+use common::{Pool, Pyfpm, TestEnv, get_json, json_pid, wait_until, write_config_pm};
 use std::time::{Duration, Instant};
 
 /// request_terminate_timeout used by these tests.
@@ -167,7 +168,9 @@ fn worker_stuck_in_c_code_is_killed_and_replaced() {
 fn timeout_is_a_504_page_through_nginx() {
     let env = TestEnv::new();
     let (p, _addr) = start(&env, "sleep:application", 1, &[]);
-    let nginx = NginxProxy::start(&env, &format!("unix:{}", env.file("www.sock").display()));
+    let nginx = Nginx::builder(&format!("unix:{}", env.file("www.sock").display()))
+        .location("fastcgi_read_timeout 120s;")
+        .start(&env);
     let t0 = Instant::now();
     let (status, body) = nginx.get("/via-nginx?s=30");
     let took = t0.elapsed();
@@ -176,7 +179,7 @@ fn timeout_is_a_504_page_through_nginx() {
         504,
         "body {:?}\nnginx: {}\npyfpm:\n{}",
         String::from_utf8_lossy(&body),
-        std::fs::read_to_string(&nginx.error_log).unwrap_or_default(),
+        nginx.error_log(),
         p.log_text()
     );
     assert!(took < TIMEOUT + SLACK, "{took:?}");
@@ -185,7 +188,7 @@ fn timeout_is_a_504_page_through_nginx() {
         "pyfpm's own short page should reach the client, got {:?}",
         String::from_utf8_lossy(&body)
     );
-    let nginx_log = std::fs::read_to_string(&nginx.error_log).unwrap_or_default();
+    let nginx_log = nginx.error_log();
     assert!(
         !nginx_log.contains("upstream prematurely closed") && !nginx_log.contains("reset by peer"),
         "nginx saw a broken upstream, not a response:\n{nginx_log}"

@@ -545,37 +545,8 @@ fn tcp_socket(sa: SocketAddr, backlog: i32) -> Result<OwnedFd, (&'static str, io
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manager::test_support::pool_config;
     use std::os::unix::fs::PermissionsExt;
-
-    fn pool(listen: Vec<ListenAddr>) -> PoolConfig {
-        PoolConfig {
-            name: "t".into(),
-            location: pyfpm_config::Location {
-                file: "t.yaml".into(),
-                line: 1,
-                column: 1,
-            },
-            listen,
-            listen_owner: None,
-            listen_group: None,
-            listen_mode: 0o660,
-            listen_backlog: 16,
-            user: None,
-            group: None,
-            pm: pyfpm_config::PmMode::Static,
-            max_children: 1,
-            app: "app:application".into(),
-            python: "python3".into(),
-            virtualenv: None,
-            python_path: vec![],
-            mount: String::new(),
-            chdir: None,
-            clear_env: true,
-            env: Default::default(),
-            request_params_max: 1 << 20,
-            limits: Default::default(),
-        }
-    }
 
     fn is_cloexec(fd: RawFd) -> bool {
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
@@ -586,7 +557,7 @@ mod tests {
     fn unix_socket_is_created_with_mode_and_parent_dir_and_removed_on_exit() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/dir/www.sock");
-        let mut p = pool(vec![ListenAddr::Unix(path.clone())]);
+        let mut p = pool_config("t", vec![ListenAddr::Unix(path.clone())]);
         p.listen_mode = 0o600;
         let all = bind_all(&[p]).unwrap();
         let l = &all[0][0];
@@ -606,7 +577,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("live.sock");
         let other = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let p = pool(vec![ListenAddr::Unix(path.clone())]);
+        let p = pool_config("t", vec![ListenAddr::Unix(path.clone())]);
         let err = bind_all(std::slice::from_ref(&p)).unwrap_err();
         assert!(matches!(err, ListenError::InUse { .. }), "{err}");
         assert!(err.to_string().contains("refusing to steal it"));
@@ -623,7 +594,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("file.sock");
         std::fs::write(&path, b"precious").unwrap();
-        let err = bind_all(&[pool(vec![ListenAddr::Unix(path.clone())])]).unwrap_err();
+        let err = bind_all(&[pool_config("t", vec![ListenAddr::Unix(path.clone())])]).unwrap_err();
         assert!(matches!(err, ListenError::NotASocket { .. }), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"precious");
     }
@@ -634,7 +605,7 @@ mod tests {
         let path = dir.path().join("own.sock");
         let me = Uid::current();
         let my_group = Gid::current();
-        let mut p = pool(vec![ListenAddr::Unix(path.clone())]);
+        let mut p = pool_config("t", vec![ListenAddr::Unix(path.clone())]);
         p.listen_owner = Some(me.as_raw().to_string());
         p.listen_group = Some(
             Group::from_gid(my_group)
@@ -648,7 +619,7 @@ mod tests {
         assert_eq!(meta.gid(), my_group.as_raw());
         all[0][0].remove_socket_file();
 
-        let mut bad = pool(vec![ListenAddr::Unix(path.clone())]);
+        let mut bad = pool_config("t", vec![ListenAddr::Unix(path.clone())]);
         bad.listen_owner = Some("no-such-user-pyfpm".into());
         let err = bind_all(&[bad]).unwrap_err();
         assert!(matches!(err, ListenError::UnknownId { .. }), "{err}");
@@ -657,19 +628,19 @@ mod tests {
 
     #[test]
     fn tcp_sockets_listen_with_the_right_v6only() {
-        let v4 = pool(vec![ListenAddr::Tcp("127.0.0.1:0".parse().unwrap())]);
+        let v4 = pool_config("t", vec![ListenAddr::Tcp("127.0.0.1:0".parse().unwrap())]);
         let all = bind_all(&[v4]).unwrap();
         let fd = &all[0][0].fd;
         assert!(is_cloexec(fd.as_raw_fd()));
         assert!(socket::getsockopt(fd, socket::sockopt::ReuseAddr).unwrap());
         assert!(socket::getsockopt(fd, socket::sockopt::AcceptConn).unwrap());
 
-        let v6 = pool(vec![ListenAddr::Tcp("[::1]:0".parse().unwrap())]);
+        let v6 = pool_config("t", vec![ListenAddr::Tcp("[::1]:0".parse().unwrap())]);
         if let Ok(all) = bind_all(&[v6]) {
             let fd = &all[0][0].fd;
             assert!(socket::getsockopt(fd, socket::sockopt::Ipv6V6Only).unwrap());
         }
-        let any = pool(vec![ListenAddr::Tcp("[::]:0".parse().unwrap())]);
+        let any = pool_config("t", vec![ListenAddr::Tcp("[::]:0".parse().unwrap())]);
         let all = bind_all(&[any]).unwrap();
         let fd = &all[0][0].fd;
         if let Ok(v6only) = socket::getsockopt(fd, socket::sockopt::Ipv6V6Only) {
@@ -681,7 +652,7 @@ mod tests {
     fn a_busy_tcp_port_is_an_error_naming_the_pool() {
         let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = first.local_addr().unwrap();
-        let err = bind_all(&[pool(vec![ListenAddr::Tcp(addr)])]).unwrap_err();
+        let err = bind_all(&[pool_config("t", vec![ListenAddr::Tcp(addr)])]).unwrap_err();
         let text = err.to_string();
         assert!(
             text.starts_with("[pool t] cannot listen on 127.0.0.1:"),
@@ -703,10 +674,13 @@ mod tests {
         let path = dir.path().join("www.sock");
         let sock = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let fd_number = sock.as_raw_fd();
-        let p = pool(vec![
-            ListenAddr::Unix(path.clone()),
-            ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()),
-        ]);
+        let p = pool_config(
+            "t",
+            vec![
+                ListenAddr::Unix(path.clone()),
+                ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()),
+            ],
+        );
         let all = bind_all_activated(&[p], vec![activated(sock, "www.socket")]).unwrap();
         let (unix, tcp) = (&all[0][0], &all[0][1]);
         assert!(unix.is_inherited());
@@ -732,7 +706,7 @@ mod tests {
         let sock = std::os::unix::net::UnixListener::bind(dir.path().join("real/a.sock")).unwrap();
         let configured = dir.path().join("link/a.sock");
         let all = bind_all_activated(
-            &[pool(vec![ListenAddr::Unix(configured.clone())])],
+            &[pool_config("t", vec![ListenAddr::Unix(configured.clone())])],
             vec![activated(sock, "a")],
         )
         .unwrap();
@@ -745,7 +719,7 @@ mod tests {
         let sock = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = sock.local_addr().unwrap();
         let all = bind_all_activated(
-            &[pool(vec![ListenAddr::Tcp(addr)])],
+            &[pool_config("t", vec![ListenAddr::Tcp(addr)])],
             vec![activated(sock, "tcp")],
         )
         .unwrap();
@@ -793,7 +767,7 @@ mod tests {
         socket::bind(idle.as_raw_fd(), &UnixAddr::new(&configured).unwrap()).unwrap();
         drop(idle); // leaves a stale file, which bind_unix replaces
         let all = bind_all_activated(
-            &[pool(vec![ListenAddr::Unix(configured.clone())])],
+            &[pool_config("t", vec![ListenAddr::Unix(configured.clone())])],
             vec![activated(unused, "unused"), activated(dgram, "dgram")],
         )
         .unwrap();

@@ -27,6 +27,8 @@ pub mod spawn;
 pub mod supervisor;
 // systemd: sd_notify (Type=notify) and socket activation (LISTEN_FDS).
 pub mod systemd;
+#[cfg(test)]
+mod test_support;
 
 use crate::cli::Cli;
 use crate::exit_code;

@@ -987,16 +987,21 @@ impl Supervisor {
         }
     }
 
+    /// The pools SIGTTIN and SIGTTOU resize: none while stopping (the workers are on
+    /// their way out), and never one a reload removed (its workers are finishing).
+    fn resizable_pools(&self) -> Vec<usize> {
+        if self.phase != Phase::Running {
+            return Vec::new();
+        }
+        (0..self.pools.len())
+            .filter(|&index| !self.pools[index].removed)
+            .collect()
+    }
+
     /// SIGTTIN: one more worker in every pool, within its limits.
     fn add_worker(&mut self) {
-        if self.phase != Phase::Running {
-            return;
-        }
-        for index in 0..self.pools.len() {
+        for index in self.resizable_pools() {
             let pool = &mut self.pools[index];
-            if pool.removed {
-                continue;
-            }
             let name = pool.config.name.clone();
             let counted = pool.state.counted();
             match pool.config.pm {
@@ -1038,14 +1043,8 @@ impl Supervisor {
 
     /// SIGTTOU: one worker fewer in every pool, within its limits.
     fn remove_worker(&mut self) {
-        if self.phase != Phase::Running {
-            return;
-        }
-        for index in 0..self.pools.len() {
+        for index in self.resizable_pools() {
             let pool = &mut self.pools[index];
-            if pool.removed {
-                continue;
-            }
             let name = pool.config.name.clone();
             let counted = pool.state.counted();
             let floor = match pool.config.pm {
@@ -1526,6 +1525,7 @@ async fn monitor(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manager::test_support::pool_config;
 
     #[test]
     fn emergency_restart_counts_crashes_within_the_interval() {
@@ -1555,32 +1555,9 @@ mod tests {
 
     #[test]
     fn pool_capacity_leaves_room_for_replacements() {
-        let mut pool = pyfpm_config::PoolConfig {
-            name: "t".into(),
-            location: pyfpm_config::Location {
-                file: "t.yaml".into(),
-                line: 1,
-                column: 1,
-            },
-            listen: vec![],
-            listen_owner: None,
-            listen_group: None,
-            listen_mode: 0o660,
-            listen_backlog: 16,
-            user: None,
-            group: None,
-            pm: PmMode::Static,
+        let mut pool = PoolConfig {
             max_children: 3,
-            app: "a:b".into(),
-            python: "python3".into(),
-            virtualenv: None,
-            python_path: vec![],
-            mount: String::new(),
-            chdir: None,
-            clear_env: true,
-            env: Default::default(),
-            request_params_max: 1 << 20,
-            limits: Default::default(),
+            ..pool_config("t", vec![])
         };
         assert_eq!(pool_capacity(&pool), 6);
         pool.limits.process_max = 4;

@@ -1,6 +1,7 @@
 //! Shared harness of the integration tests: a temp dir per test, config writing, starting
 //! the real `pyfpm` binary with its log captured to a file, readiness and log waits,
-//! stopping it by pid, a free-port picker, and small helpers (CRC-32, test bodies).
+//! stopping it by pid, a free-port picker, and small helpers (CRC-32, test bodies); real
+//! nginx in front of it is [`nginx::Nginx`].
 //! Only processes started here are ever signalled, and only by their pid.
 
 // Each test crate uses a different subset of the harness.
@@ -8,6 +9,7 @@
 
 pub mod fcgi;
 pub mod http;
+pub mod nginx;
 
 use fcgi::{Addr, Request};
 use nix::sys::signal::{Signal, kill};
@@ -389,6 +391,21 @@ pub fn probe(addr: &Addr, timeout: Duration) -> Result<(), String> {
     }
 }
 
+/// Stop a helper process a test started (nginx, another web server): TERM, up to 10 s
+/// for it to exit, then KILL; by its pid only, and nothing if it has already exited.
+pub fn stop_child(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        if !wait_until(Duration::from_secs(10), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        }) {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Whether `pid` names a live process (a zombie counts as gone).
 pub fn alive(pid: i32) -> bool {
     if kill(Pid::from_raw(pid), None).is_err() {
@@ -634,97 +651,4 @@ pub fn concurrent_gets(
             })
         })
         .collect()
-}
-
-/// A plain nginx (no keep-alive upstream) in front of `pass`, for the tests outside
-/// tests/nginx.rs that need to see what a real web server makes of a response. Started
-/// in the test's dir on a free loopback port; stopped by pid on drop.
-pub struct NginxProxy {
-    /// The nginx master.
-    pub child: Child,
-    /// Its HTTP port on 127.0.0.1.
-    pub port: u16,
-    /// Its error log.
-    pub error_log: PathBuf,
-}
-
-impl NginxProxy {
-    /// Start nginx proxying every request to `pass` (`unix:/path` or `127.0.0.1:port`).
-    pub fn start(env: &TestEnv, pass: &str) -> NginxProxy {
-        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-            .expect("nginx is not installed: run tests/run.sh (it installs Debian's nginx)");
-        let port = free_port();
-        let d = env.path().display();
-        let user = if nix::unistd::geteuid().is_root() {
-            "user root root;"
-        } else {
-            ""
-        };
-        let conf = format!(
-            "daemon off;\nmaster_process on;\n{user}\npid {d}/nginx.pid;\n\
-             error_log {d}/nginx-error.log;\nworker_processes 1;\n\
-             events {{ worker_connections 64; }}\nhttp {{\n  access_log off;\n\
-             client_body_temp_path {d}/client_body;\nfastcgi_temp_path {d}/fastcgi_temp;\n\
-             proxy_temp_path {d}/proxy_temp;\nuwsgi_temp_path {d}/uwsgi_temp;\n\
-             scgi_temp_path {d}/scgi_temp;\n  server {{\n    listen 127.0.0.1:{port};\n\
-             location / {{\n      include /etc/nginx/fastcgi_params;\n\
-             fastcgi_pass {pass};\n      fastcgi_read_timeout 120s;\n    }}\n  }}\n}}\n"
-        );
-        let conf_path = env.file("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let error_log = env.file("nginx-error.log");
-        let out = std::fs::File::create(env.file("nginx-stderr.log")).unwrap();
-        let child = Command::new(bin)
-            .arg("-p")
-            .arg(env.path())
-            .arg("-e")
-            .arg(&error_log)
-            .arg("-c")
-            .arg(&conf_path)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawn nginx");
-        let mut n = NginxProxy {
-            child,
-            port,
-            error_log,
-        };
-        let up = wait_until(START_TIMEOUT, || {
-            matches!(n.child.try_wait(), Ok(Some(_)))
-                || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        if let Ok(Some(status)) = n.child.try_wait() {
-            panic!(
-                "nginx exited ({status}): {}",
-                std::fs::read_to_string(env.file("nginx-stderr.log")).unwrap_or_default()
-            );
-        }
-        assert!(up, "nginx did not listen on {port}");
-        n
-    }
-
-    /// One GET through nginx: (status, body).
-    pub fn get(&self, target: &str) -> (u16, Vec<u8>) {
-        let f = http::Client::new(self.port).request("GET", target, &[], b"");
-        (f.status, f.body)
-    }
-}
-
-impl Drop for NginxProxy {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-            if !wait_until(Duration::from_secs(10), || {
-                matches!(self.child.try_wait(), Ok(Some(_)))
-            }) {
-                let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-                let _ = self.child.wait();
-            }
-        }
-    }
 }

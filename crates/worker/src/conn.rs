@@ -574,21 +574,7 @@ impl Conn {
     /// Replace an unsent response with a plain 500. `false` if headers were already sent
     /// (the caller must then abandon the connection instead).
     pub fn send_internal_error(&mut self, seq: u64) -> Result<bool, OpError> {
-        let req = self.current(seq)?;
-        if req.response.headers_sent {
-            return Ok(false);
-        }
-        if req.aborted {
-            return Ok(true);
-        }
-        req.response.headers_sent = true;
-        req.response.pending_headers = None;
-        req.response.status = 500;
-        let id = req.id;
-        let response = crate::http::internal_error_response(req.response.head);
-        fcgi::encode_stream(&mut self.out, RecordType::Stdout, id, &response);
-        self.flush()?;
-        Ok(true)
+        self.replace_unsent(seq, 500, crate::http::internal_error_response)
     }
 
     /// Replace an unsent response with `504 Gateway Timeout` (request_terminate_timeout
@@ -597,6 +583,20 @@ impl Conn {
         &mut self,
         seq: u64,
         timeout: std::time::Duration,
+    ) -> Result<bool, OpError> {
+        self.replace_unsent(seq, 504, |head| {
+            crate::report::gateway_timeout_response(timeout, head)
+        })
+    }
+
+    /// Send the `status` page `page(head)` instead of the app's unsent response (`head`:
+    /// a HEAD request, whose page has no body). `false` if headers were already sent;
+    /// `true`, with nothing sent, for an aborted request (nobody is listening).
+    fn replace_unsent(
+        &mut self,
+        seq: u64,
+        status: u16,
+        page: impl FnOnce(bool) -> Vec<u8>,
     ) -> Result<bool, OpError> {
         let req = self.current(seq)?;
         if req.response.headers_sent {
@@ -607,9 +607,9 @@ impl Conn {
         }
         req.response.headers_sent = true;
         req.response.pending_headers = None;
-        req.response.status = 504;
+        req.response.status = status;
         let id = req.id;
-        let response = crate::report::gateway_timeout_response(timeout, req.response.head);
+        let response = page(req.response.head);
         fcgi::encode_stream(&mut self.out, RecordType::Stdout, id, &response);
         self.flush()?;
         Ok(true)

@@ -111,6 +111,18 @@ fn can_append(path: &std::path::Path) -> std::io::Result<()> {
     }
 }
 
+/// The pids of a pool's workers not yet told to stop: the ones still accepting on its
+/// sockets, and the ones a removal has yet to stop.
+fn unstopped_pids(state: &PoolState) -> Vec<i32> {
+    state
+        .slots
+        .iter()
+        .flatten()
+        .filter(|w| !matches!(w.state, WorkerState::Stopping { .. }))
+        .map(|w| w.pid)
+        .collect()
+}
+
 /// A validated new configuration with everything that could fail already done.
 struct Prepared {
     config: Config,
@@ -178,14 +190,7 @@ impl Supervisor {
     fn take_sockets(&mut self) -> Vec<Option<(Vec<i32>, Listener)>> {
         let mut all = Vec::new();
         for pool in self.pools.iter_mut().filter(|p| !p.removed) {
-            let pids: Vec<i32> = pool
-                .state
-                .slots
-                .iter()
-                .flatten()
-                .filter(|w| !matches!(w.state, WorkerState::Stopping { .. }))
-                .map(|w| w.pid)
-                .collect();
+            let pids = unstopped_pids(&pool.state);
             for l in pool.listeners.drain(..) {
                 all.push(Some((pids.clone(), l)));
             }
@@ -440,14 +445,7 @@ impl Supervisor {
         let pool = &mut self.pools[index];
         pool.removed = true;
         pool.handover = None;
-        let pids: Vec<i32> = pool
-            .state
-            .slots
-            .iter()
-            .flatten()
-            .filter(|w| !matches!(w.state, WorkerState::Stopping { .. }))
-            .map(|w| w.pid)
-            .collect();
+        let pids = unstopped_pids(&pool.state);
         tracing::info!(
             "[pool {}] removed: its {} workers finish their requests and exit",
             pool.config.name,
@@ -605,6 +603,7 @@ impl Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manager::test_support::pool_config;
     use std::net::SocketAddr;
 
     fn tcp(port: u16) -> ListenAddr {
@@ -643,31 +642,8 @@ mod tests {
     #[test]
     fn a_pool_moved_in_the_file_is_unchanged() {
         let mut a = PoolConfig {
-            name: "p".into(),
-            location: pyfpm_config::Location {
-                file: "a.yaml".into(),
-                line: 3,
-                column: 3,
-            },
-            listen: vec![tcp(9001)],
-            listen_owner: None,
-            listen_group: None,
-            listen_mode: 0o660,
-            listen_backlog: 16,
-            user: None,
-            group: None,
-            pm: PmMode::Static,
             max_children: 2,
-            app: "a:b".into(),
-            python: "python3".into(),
-            virtualenv: None,
-            python_path: vec![],
-            mount: String::new(),
-            chdir: None,
-            clear_env: true,
-            env: Default::default(),
-            request_params_max: 1 << 20,
-            limits: Default::default(),
+            ..pool_config("p", vec![tcp(9001)])
         };
         let mut b = a.clone();
         b.location.line = 30;
