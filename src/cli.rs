@@ -15,7 +15,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/pyfpm/pyfpm.yaml";
 pub struct Cli {
     /// Main configuration file (its `include` glob, default `pools.d/*.yaml`, is relative
     /// to the file's directory).
-    #[arg(short = 'c', long = "config", env = "PYFPM_CONFIG", default_value = DEFAULT_CONFIG, global = true)]
+    #[arg(short = 'c', long = "config", env = "PYFPM_CONFIG", default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
 
     /// Test the configuration and exit: 0 when good, 78 with `file:line:column: reason`
