@@ -572,7 +572,12 @@ fn get_values_is_answered_truthfully() {
                         .map(|(_, x)| String::from_utf8_lossy(x).into_owned())
                 };
                 assert_eq!(get(values::FCGI_MPXS_CONNS).as_deref(), Some("0"), "{addr}");
-                assert_eq!(get(values::FCGI_MAX_CONNS).as_deref(), Some("2"), "{addr}");
+                // Two workers plus the manager's parking capacity (pyfpm::manager::parking).
+                assert_eq!(
+                    get(values::FCGI_MAX_CONNS).as_deref(),
+                    Some("4098"),
+                    "{addr}"
+                );
                 assert_eq!(get(values::FCGI_MAX_REQS).as_deref(), Some("2"), "{addr}");
             }
             other => panic!("{addr}: expected GET_VALUES_RESULT, got {other:?}"),

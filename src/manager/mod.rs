@@ -10,6 +10,7 @@
 //!
 //! Submodules:
 //! - [`listeners`]: binding Unix and TCP sockets safely.
+//! - [`parking`]: idle kept-alive connections held by the manager, handed to idle workers.
 //! - [`spawn`]: starting one worker process (fds, env, privileges, death signal).
 //! - [`planner`]: the pure scaling planner (static, dynamic, ondemand).
 //! - [`pool`]: per-slot worker state and the pure decisions (what to spawn, back-off,
@@ -21,6 +22,7 @@
 pub mod daemon;
 pub mod listeners;
 pub mod output;
+pub mod parking;
 pub mod planner;
 pub mod pool;
 pub mod spawn;

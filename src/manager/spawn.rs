@@ -164,6 +164,9 @@ pub struct PoolSpawner<'a> {
     pub scoreboard_fd: Option<RawFd>,
     /// This worker's `pm.max_requests`, jitter applied (0 = never).
     pub max_requests: u64,
+    /// The pool's parking fds (PARK send end, DISPATCH receive end), inherited by the
+    /// worker (`None`: idle kept connections pin their worker).
+    pub parking: Option<(RawFd, RawFd)>,
 }
 
 impl PoolSpawner<'_> {
@@ -188,7 +191,16 @@ impl PoolSpawner<'_> {
                 })
                 .collect(),
             control_fd,
-            fcgi_max_conns: pool.max_children,
+            // Parked connections need no worker: the pool holds that many more.
+            fcgi_max_conns: pool.max_children
+                + if self.parking.is_some() {
+                    super::parking::MAX_PARKED
+                } else {
+                    0
+                },
+            fcgi_max_reqs: pool.max_children,
+            park_fd: self.parking.map_or(-1, |p| p.0),
+            dispatch_fd: self.parking.map_or(-1, |p| p.1),
             request_params_max: pool.request_params_max,
             scoreboard_fd: self.scoreboard_fd.unwrap_or(-1),
             max_requests: self.max_requests,
@@ -266,6 +278,11 @@ impl PoolSpawner<'_> {
         let mut inherit: Vec<RawFd> = self.listeners.iter().map(|l| l.raw_fd()).collect();
         inherit.push(control_fd);
         inherit.extend(self.scoreboard_fd);
+        inherit.extend(
+            self.parking
+                .iter()
+                .flat_map(|&(park, dispatch)| [park, dispatch]),
+        );
         let ids = self.identity.map(|id| (id.uid, id.gid, id.groups.clone()));
         let parent = self.manager_pid;
         // SAFETY: the closure runs in the forked child before exec and calls only
@@ -354,6 +371,7 @@ report = {
     "fds": sorted(fds),
     "listeners": [l["fd"] for l in spec["listeners"]],
     "control": spec["control_fd"],
+    "parking": [spec["park_fd"], spec["dispatch_fd"]],
     "listening": [socket.socket(fileno=l["fd"]).getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) for l in spec["listeners"]],
     "slot": spec["slot"],
     "argv": sys.argv[1:],
@@ -436,6 +454,14 @@ sys.exit(7)
         ])
         .unwrap();
         let module = dir.path().join("libpyfpm_worker.so");
+        // Stand-ins for the pool's parking ends (close-on-exec like the real ones).
+        let (park, dispatch) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
         let spawner = PoolSpawner {
             pool: &pool,
             listeners: &all[0],
@@ -444,6 +470,7 @@ sys.exit(7)
             manager_pid: std::process::id() as i32,
             scoreboard_fd: None,
             max_requests: 0,
+            parking: Some((park.as_raw_fd(), dispatch.as_raw_fd())),
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -474,6 +501,9 @@ sys.exit(7)
             let mut expected: Vec<i64> = vec![0, 1, 2];
             expected.extend(&listeners);
             expected.push(report["control"].as_i64().unwrap());
+            let parking = [park.as_raw_fd() as i64, dispatch.as_raw_fd() as i64];
+            assert_eq!(report["parking"], serde_json::json!(parking));
+            expected.extend(parking);
             expected.sort();
             assert_eq!(report["fds"], serde_json::json!(expected), "{out}");
             assert_eq!(report["listening"], serde_json::json!([1, 1]));

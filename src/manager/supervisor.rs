@@ -24,6 +24,7 @@
 
 use super::listeners::Listener;
 use super::output;
+use super::parking::Parking;
 use super::planner::{self, Action, RetireWhy, Trigger, Waiting};
 use super::pool::{Exit, PoolState, Retire, Verdict, Worker, WorkerState, describe_exit, judge};
 use super::spawn::{Identity, PoolSpawner, jittered_max_requests};
@@ -140,6 +141,12 @@ struct PoolRuntime {
     old_boards: Vec<(u64, Option<Scoreboard>)>,
     /// A reload's hand-over from the old generation to the new one, while it runs.
     handover: Option<reload::Handover>,
+    /// Its idle kept-alive connections and the socketpairs every generation of its
+    /// workers shares; made at the first spawn (inside the runtime), kept by reloads,
+    /// dropped (closing the parked connections) once a removed pool's workers are gone.
+    parking: Option<Parking>,
+    /// Creating `parking` failed (logged once): workers run without it.
+    parking_failed: bool,
 }
 
 impl PoolRuntime {
@@ -160,6 +167,8 @@ impl PoolRuntime {
             removed: false,
             old_boards: Vec::new(),
             handover: None,
+            parking: None,
+            parking_failed: false,
         }
     }
 
@@ -457,6 +466,10 @@ impl Supervisor {
                 }
             }
         }
+        // The workers are gone: parked connections have nobody left to serve them.
+        for pool in &mut self.pools {
+            pool.parking = None;
+        }
         self.clean_up();
         Ok(self.exit_status)
     }
@@ -624,6 +637,15 @@ impl Supervisor {
                 ListenAddr::Tcp(_) => count += accept_queue_len(fd).unwrap_or(1).max(1),
                 ListenAddr::Unix(_) => unknown = true,
             }
+        }
+        // A parked connection whose next request has arrived waits for a worker just
+        // like a queued one; how many is not known.
+        if self.pools[index]
+            .parking
+            .as_ref()
+            .is_some_and(Parking::has_waiting)
+        {
+            unknown = true;
         }
         match (count, unknown) {
             (0, false) => Waiting::No,
@@ -795,6 +817,23 @@ impl Supervisor {
             pool.config.limits.max_requests,
             pool.config.limits.max_requests_jitter,
         );
+        if pool.parking.is_none() && !pool.parking_failed {
+            let tx = self.events_tx.clone();
+            // A dispatched connection is load for ondemand's planner (see `waiting`).
+            match Parking::start(&pool.config.name, move || {
+                let _ = tx.send(Event::Pending);
+            }) {
+                Ok(p) => pool.parking = Some(p),
+                Err(e) => {
+                    pool.parking_failed = true;
+                    tracing::error!(
+                        "[pool {}] cannot create the parking sockets: {e}; each idle \
+                         kept-alive connection will hold a worker",
+                        pool.config.name
+                    );
+                }
+            }
+        }
         let spawner = PoolSpawner {
             pool: &pool.config,
             listeners: &pool.listeners,
@@ -803,6 +842,7 @@ impl Supervisor {
             manager_pid: self.manager_pid,
             scoreboard_fd: pool.scoreboard.as_ref().map(|sb| sb.fd().as_raw_fd()),
             max_requests,
+            parking: pool.parking.as_ref().map(Parking::worker_fds),
         };
         let started = std::time::Instant::now();
         match spawner.spawn(slot as u32) {
@@ -883,6 +923,12 @@ impl Supervisor {
                 self.check_lifetimes(index, now);
             }
             self.check_request_timeouts(index, now_us);
+            let pool = &mut self.pools[index];
+            if pool.removed && pool.state.live() == 0 && pool.parking.is_some() {
+                // Its workers parked their kept connections on the way out; no worker
+                // of this pool will ever take them.
+                pool.parking = None;
+            }
         }
         self.maintain(Trigger::Tick);
     }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Bumped whenever [`WorkerSpec`] or the control messages change shape.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The version of the pyfpm build. Manager and worker module must carry the same one.
 pub const BUILD_ID: &str = env!("CARGO_PKG_VERSION");
@@ -29,7 +29,7 @@ pub const BUILD_MARKER_PREFIX: &str = "pyfpm-worker-build=";
 pub const BUILD_MARKER: &str = concat!(
     "pyfpm-worker-build=",
     env!("CARGO_PKG_VERSION"),
-    "/protocol=2"
+    "/protocol=3"
 );
 
 /// Environment variable holding the JSON-encoded [`WorkerSpec`].
@@ -121,9 +121,21 @@ pub struct WorkerSpec {
     /// The worker's end of a Unix socketpair to the manager (see [`control`]). End of
     /// file on it means the manager is gone: the worker finishes its request and exits.
     pub control_fd: i32,
-    /// FCGI_MAX_CONNS / FCGI_MAX_REQS to report to GET_VALUES: what the whole pool can
-    /// serve at once (its worker count, one connection and one request each for now).
+    /// FCGI_MAX_CONNS to report to GET_VALUES: how many connections the whole pool
+    /// holds at once (its workers plus the manager's parked idle connections).
     pub fcgi_max_conns: u32,
+    /// FCGI_MAX_REQS to report to GET_VALUES: how many requests the whole pool serves
+    /// at once (its worker count, one request each).
+    pub fcgi_max_reqs: u32,
+    /// Send end of the pool's PARK socketpair (SOCK_SEQPACKET, shared by the pool's
+    /// workers; `-1` = no parking): an idle kept-alive connection is handed to the
+    /// manager as one message, payload = a marker byte then the bytes already read from
+    /// it, SCM_RIGHTS = the connection.
+    pub park_fd: i32,
+    /// Receive end of the pool's DISPATCH socketpair (SOCK_SEQPACKET, shared by the
+    /// pool's workers; `-1` = none): parked connections whose next request has arrived,
+    /// in the same message format as [`WorkerSpec::park_fd`].
+    pub dispatch_fd: i32,
     /// Largest accepted total size of a request's FCGI_PARAMS stream, in bytes.
     pub request_params_max: usize,
     /// The pool's shared-memory scoreboard (a memfd; `-1` for none), which the worker
@@ -181,7 +193,10 @@ mod tests {
                 unix: false,
             }],
             control_fd: 7,
-            fcgi_max_conns: 4,
+            fcgi_max_conns: 4100,
+            fcgi_max_reqs: 4,
+            park_fd: 9,
+            dispatch_fd: 10,
             request_params_max: 1 << 20,
             scoreboard_fd: 8,
             max_requests: 500,

@@ -250,8 +250,10 @@ impl Request {
 /// What a FastCGI management query may learn about this worker.
 #[derive(Clone, Copy, Debug)]
 pub struct Capacity {
-    /// FCGI_MAX_CONNS and FCGI_MAX_REQS.
+    /// FCGI_MAX_CONNS: connections the pool holds at once (workers plus parked ones).
     pub max_conns: u32,
+    /// FCGI_MAX_REQS: requests the pool serves at once (one per worker).
+    pub max_reqs: u32,
 }
 
 /// One accepted connection.
@@ -325,6 +327,18 @@ impl Conn {
         !self.codec.read_buf().is_empty()
     }
 
+    /// Put bytes read from the socket by someone else (a connection handed over by the
+    /// manager) in front of what the socket will deliver.
+    pub fn preload(&mut self, bytes: &[u8]) {
+        self.codec.read_buf().extend_from_slice(bytes);
+    }
+
+    /// Take the bytes read from the socket but not yet decoded, to hand the connection
+    /// over with them.
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        self.codec.read_buf().split().to_vec()
+    }
+
     /// A request whose params are complete is waiting to be served.
     pub fn request_ready(&self) -> bool {
         self.req.as_ref().is_some_and(|r| r.params.is_some())
@@ -375,11 +389,12 @@ impl Conn {
         match event {
             Event::GetValues { names } => {
                 let max = self.capacity.max_conns.to_string();
+                let reqs = self.capacity.max_reqs.to_string();
                 let mut pairs: Vec<(&[u8], &[u8])> = Vec::new();
                 for name in &names {
                     let value: &[u8] = match name.as_ref() {
                         n if n == fcgi::values::FCGI_MAX_CONNS => max.as_bytes(),
-                        n if n == fcgi::values::FCGI_MAX_REQS => max.as_bytes(),
+                        n if n == fcgi::values::FCGI_MAX_REQS => reqs.as_bytes(),
                         n if n == fcgi::values::FCGI_MPXS_CONNS => b"0",
                         _ => continue,
                     };

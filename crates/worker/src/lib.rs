@@ -38,6 +38,7 @@
 //! - [`watchdog`]: `request_slowlog_timeout` and `request_terminate_timeout` (stack
 //!   dumps via faulthandler, `RequestTimeout`, the last-resort exit).
 //! - [`control`]: messages to the manager (READY, retire, slowlog), one writer at a time.
+//! - [`parking`]: handing idle kept-alive connections to the manager and back.
 //! - [`recycle`], [`report`]: pure helpers (RSS, the retire rule; report texts).
 //! - [`http`]: pure helpers (status and header checks, paths, percent-decoding).
 //! - [`log`]: the log line protocol above.
@@ -48,6 +49,7 @@ pub mod control;
 pub mod http;
 pub mod log;
 pub mod monitor;
+pub mod parking;
 pub mod recycle;
 pub mod report;
 pub mod serve;

@@ -1,15 +1,24 @@
 //! The serve loop: wait on the listening sockets, the control socket and the signal
 //! self-pipe; accept one connection; serve its requests one at a time; repeat.
 //!
+//! Kept-alive connections: between two requests the worker waits on the connection and
+//! also on the listeners and the pool's DISPATCH socket (see [`crate::parking`]). The
+//! connection's next request is served directly; when other work is waiting instead, the
+//! idle connection is parked with the manager and the worker goes back to the main loop,
+//! which takes connections from the listeners and, already carrying their next request,
+//! from DISPATCH. An idle connection never pins a worker.
+//!
 //! Stopping: SIGQUIT (graceful) and end of file on the control socket (the manager is
-//! gone) both mean "finish the request in progress, then exit 0"; a worker that is idle,
-//! or waiting for the next request on a kept-alive connection, exits at once. SIGTERM is
-//! left at its default action: it is the manager's fast stop. A SIGINT (Python's
-//! KeyboardInterrupt) is treated like SIGQUIT. Every blocking call (poll, accept, read,
-//! write) runs with the GIL released.
+//! gone) both mean "finish the request in progress, then exit 0"; a worker that is idle
+//! exits at once, and one waiting for the next request on a kept-alive connection parks
+//! it first (the web server believes it alive; closing it would fail its next
+//! request). SIGTERM is left at its default action: it is the manager's fast stop. A
+//! SIGINT (Python's KeyboardInterrupt) is treated like SIGQUIT. Every blocking call
+//! (poll, accept, read, write) runs with the GIL released.
 
 use crate::conn::{Capacity, Conn, ConnError, Shared, Socket, lock};
 use crate::log::{Level, log};
+use crate::parking::Parking;
 use crate::wsgi::{self, Outcome};
 use fastcgi::{Role, ServerConfig};
 use pyfpm_ipc::{ListenerFd, WorkerSpec, exit};
@@ -187,7 +196,8 @@ impl Stop {
 
 /// Serve until asked to stop; returns the process exit code.
 pub fn serve_forever(py: Python<'_>, worker: &Worker) -> i32 {
-    let fds: Vec<RawFd> = worker
+    let parking = Parking::from_spec(worker.spec.park_fd, worker.spec.dispatch_fd);
+    let listener_fds: Vec<RawFd> = worker
         .listeners
         .iter()
         .map(|(fd, _)| fd.as_raw_fd())
@@ -199,6 +209,9 @@ pub fn serve_forever(py: Python<'_>, worker: &Worker) -> i32 {
         if worker.stop.requested() {
             break;
         }
+        let dispatch = parking.dispatch_fd();
+        let mut fds = listener_fds.clone();
+        fds.extend(dispatch);
         let polled = match py.detach(|| worker.stop.poll(&fds)) {
             Ok(p) => p,
             Err(e) => {
@@ -212,6 +225,16 @@ pub fn serve_forever(py: Python<'_>, worker: &Worker) -> i32 {
         if polled.stop {
             break;
         }
+        if dispatch.is_some() && polled.readable[listener_fds.len()] {
+            // A parked connection whose next request has arrived: it waited longer than
+            // anything in the listen queues.
+            if let Some((fd, payload)) = py.detach(|| parking.take()) {
+                let peer = dispatched_peer(&fd);
+                serve_connection(py, worker, &parking, Socket::new(fd), peer, &payload, false);
+                continue;
+            }
+        }
+        let fds = &listener_fds;
         for k in 0..fds.len() {
             let i = (first + k) % fds.len();
             if !polled.readable[i] {
@@ -222,7 +245,7 @@ pub fn serve_forever(py: Python<'_>, worker: &Worker) -> i32 {
             match accepted {
                 Ok(Some((sock, peer))) => {
                     first = (i + 1) % fds.len();
-                    serve_connection(py, worker, sock, peer);
+                    serve_connection(py, worker, &parking, sock, peer, &[], true);
                     break;
                 }
                 Ok(None) => {}
@@ -310,6 +333,22 @@ fn peer_name(fd: &OwnedFd, info: &ListenerFd) -> String {
     }
 }
 
+/// The peer of a connection handed over by the manager, for log lines.
+fn dispatched_peer(fd: &OwnedFd) -> String {
+    use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getpeername};
+    match getpeername::<SockaddrStorage>(fd.as_raw_fd()) {
+        Ok(addr)
+            if matches!(
+                addr.family(),
+                Some(AddressFamily::Inet | AddressFamily::Inet6)
+            ) =>
+        {
+            addr.to_string()
+        }
+        _ => "kept-alive client (via the manager)".to_string(),
+    }
+}
+
 /// How waiting for the next request on a connection ended.
 enum Wait {
     /// A request's params are complete.
@@ -318,6 +357,9 @@ enum Wait {
     Closed,
     /// Stop requested while no request was in progress.
     Stop,
+    /// Idle between requests while other work waits, or stop requested then: hand the
+    /// connection to the manager.
+    Park,
     /// poll(2) was interrupted by a signal; Python's handlers must run.
     Interrupted,
 }
@@ -327,13 +369,21 @@ enum Wait {
 /// still waits for that request, as PHP-FPM's worker does -- the web server connected
 /// and is about to send it, and dropping the connection would fail it (bounded: the
 /// manager SIGKILLs a worker still there after `process_control_timeout`);
-/// `finish_pending` still serves a next request that is already arriving.
+/// `finish_pending` still serves a next request that is already arriving. `others` (the
+/// listeners and DISPATCH; empty when parking is disabled) are watched between requests
+/// on a kept connection: one readable means another connection needs this worker.
 fn wait_for_request(
     shared: &Shared,
     stop: &Stop,
     first: bool,
     finish_pending: bool,
+    others: &[RawFd],
 ) -> Result<Wait, ConnError> {
+    let park_or_stop = if others.is_empty() {
+        Wait::Stop
+    } else {
+        Wait::Park
+    };
     let mut conn = lock(shared);
     loop {
         conn.process_events()?;
@@ -354,14 +404,21 @@ fn wait_for_request(
                         source: Arc::new(e),
                     })?;
                 } else if !finish_pending || !readable_now(fd) {
-                    return Ok(Wait::Stop);
+                    return Ok(park_or_stop);
                 }
                 if !conn.fill()? {
                     return Ok(Wait::Closed);
                 }
                 continue;
             }
-            let polled = stop.poll(&[fd]).map_err(|e| ConnError::Io {
+            // Before the first request the web server is about to send it: nothing
+            // else is watched (a readable listener would wake this loop for nothing).
+            let watched: Vec<RawFd> = if first {
+                vec![fd]
+            } else {
+                [fd].iter().chain(others).copied().collect()
+            };
+            let polled = stop.poll(&watched).map_err(|e| ConnError::Io {
                 op: "waiting for the web server",
                 source: Arc::new(e),
             })?;
@@ -369,11 +426,13 @@ fn wait_for_request(
                 return Ok(Wait::Interrupted);
             }
             if !polled.readable[0] {
-                // Only a stop source fired.
                 if first {
                     continue; // the branch above waits for the first request
                 }
-                return Ok(Wait::Stop);
+                if polled.stop || polled.readable[1..].iter().any(|&r| r) {
+                    return Ok(park_or_stop);
+                }
+                continue; // control-socket data that was not a stop
             }
         }
         if !conn.fill()? {
@@ -414,8 +473,22 @@ fn wait_readable(fd: RawFd) -> io::Result<()> {
     }
 }
 
-/// Serve every request of one connection.
-fn serve_connection(py: Python<'_>, worker: &Worker, sock: Socket, peer: String) {
+/// Serve every request of one connection; `preload`: bytes already read from it (by
+/// the manager, for a dispatched connection). Ends by closing the connection, or by
+/// parking it when idle while other work waits or a stop is requested. `first`: a newly
+/// accepted connection, whose first request is awaited even after a stop. A dispatched
+/// one is a kept connection whose next request is arriving: `finish_pending` serves
+/// that, and a connection that turns out idle again (it only sent management records)
+/// is parked again rather than pinning the worker.
+fn serve_connection(
+    py: Python<'_>,
+    worker: &Worker,
+    parking: &Parking,
+    sock: Socket,
+    peer: String,
+    preload: &[u8],
+    mut first: bool,
+) {
     let config = ServerConfig {
         max_params_len: worker.spec.request_params_max,
         max_active_requests: 1,
@@ -423,21 +496,51 @@ fn serve_connection(py: Python<'_>, worker: &Worker, sock: Socket, peer: String)
     };
     let capacity = Capacity {
         max_conns: worker.spec.fcgi_max_conns,
+        max_reqs: worker.spec.fcgi_max_reqs,
     };
-    let shared: Shared = Arc::new(Mutex::new(Conn::new(sock, peer, config, capacity)));
+    let mut conn = Conn::new(sock, peer, config, capacity);
+    conn.preload(preload);
+    let shared: Shared = Arc::new(Mutex::new(conn));
+    let others: Vec<RawFd> = if parking.enabled() {
+        worker
+            .listeners
+            .iter()
+            .map(|(fd, _)| fd.as_raw_fd())
+            .chain(parking.dispatch_fd())
+            .collect()
+    } else {
+        Vec::new()
+    };
     // After a stop, at most one more already-arriving request is served (a web server
     // that keeps the connection busy must not keep the worker forever).
     let mut finish_pending = true;
-    let mut first = true;
     loop {
         let stopping = worker.stop.requested();
-        let waited = py.detach(|| wait_for_request(&shared, &worker.stop, first, finish_pending));
+        let waited =
+            py.detach(|| wait_for_request(&shared, &worker.stop, first, finish_pending, &others));
         if stopping && !first {
             finish_pending = false;
         }
         match waited {
             Ok(Wait::Ready) => first = false,
             Ok(Wait::Closed) | Ok(Wait::Stop) => break,
+            Ok(Wait::Park) => {
+                // One detach for lock and send: the mutex is never held across attaching.
+                let failed = py.detach(|| {
+                    let mut conn = lock(&shared);
+                    let buffered = conn.take_buffered();
+                    let fd = conn.raw_fd()?;
+                    let e = parking.park(fd, &buffered).err()?;
+                    Some(format!(
+                        "{}: cannot park the idle connection: {e}; closed",
+                        conn.peer
+                    ))
+                });
+                if let Some(message) = failed {
+                    log(Level::Warning, message);
+                }
+                break;
+            }
             Ok(Wait::Interrupted) => {
                 if !check_signals(py, worker) {
                     break;
