@@ -1,6 +1,8 @@
-//! End to end through real nginx (the Debian package): a stock `location /` with
-//! `include /etc/nginx/fastcgi_params; fastcgi_pass ...;` and no other fastcgi_param
-//! lines, in front of the real `pyfpm` serving the apps in tests/apps.
+//! End to end through real nginx (the Debian package) configured with the server blocks
+//! shipped in contrib/nginx/pyfpm.conf (a stock `location /` with
+//! `include fastcgi_params; fastcgi_pass ...;` and no other fastcgi_param lines; the
+//! keep-alive and TCP variants), in front of the real `pyfpm` serving the apps in
+//! tests/apps.
 
 mod common;
 
@@ -41,9 +43,10 @@ fn stack(app: &str, tcp: bool, keepalive: bool) -> Stack {
         )
     };
     let pyfpm = env.start(&[Pool::new("www", app).listen(&listen).children(2)], &addr);
+    // No body-size override: the 8 MiB uploads pass only through the documented
+    // `client_max_body_size 64m` of the contrib block.
     let nginx = Nginx::builder(&pass)
         .keepalive(keepalive.then_some(4))
-        .server("client_max_body_size 16m;")
         .start(&env);
     Stack {
         http: http::Client::new(nginx.port),
