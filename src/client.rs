@@ -76,6 +76,9 @@ pub struct Request {
     pub body: Option<Vec<u8>>,
     /// The role asked for in BEGIN_REQUEST.
     pub role: Role,
+    /// The filter role's data stream, sent as FCGI_DATA after the STDIN stream, with
+    /// FCGI_DATA_LENGTH set to its size. `None` sends no FCGI_DATA at all.
+    pub filter_data: Option<Vec<u8>>,
     /// FCGI_KEEP_CONN: the application keeps the connection open after this request.
     pub keep_conn: bool,
     /// The request id (never 0, which is reserved for management records).
@@ -100,6 +103,7 @@ impl Request {
             params: Vec::new(),
             body: None,
             role: Role::Responder,
+            filter_data: None,
             keep_conn: false,
             request_id: 1,
             stdin_record_len: MAX_CONTENT_LEN,
@@ -231,6 +235,9 @@ impl Request {
         for (k, v) in &http {
             push(k, v.as_bytes());
         }
+        if let Some(data) = &self.filter_data {
+            push("FCGI_DATA_LENGTH", data.len().to_string().as_bytes());
+        }
 
         params.retain(|(k, _)| {
             !self
@@ -258,7 +265,8 @@ impl Request {
     }
 
     /// The whole request as nginx sends it: [`encode_head`](Self::encode_head), then
-    /// the STDIN stream (the body, if any, and its end).
+    /// the STDIN stream (the body, if any, and its end), then for a filter the DATA
+    /// stream (the FastCGI specification sends it after STDIN).
     pub fn encode(&self) -> BytesMut {
         let body = self.body.as_deref().unwrap_or_default();
         let mut out = BytesMut::with_capacity(1024 + body.len() + body.len() / 8);
@@ -267,6 +275,12 @@ impl Request {
             fastcgi::encode_stream(&mut out, RecordType::Stdin, self.request_id, chunk);
         }
         fastcgi::encode_end_of_stream(&mut out, RecordType::Stdin, self.request_id);
+        if let Some(data) = &self.filter_data {
+            for chunk in data.chunks(self.stdin_record_len.clamp(1, MAX_CONTENT_LEN)) {
+                fastcgi::encode_stream(&mut out, RecordType::Data, self.request_id, chunk);
+            }
+            fastcgi::encode_end_of_stream(&mut out, RecordType::Data, self.request_id);
+        }
         out
     }
 }
@@ -1005,6 +1019,15 @@ pub struct RequestArgs {
     )]
     pub data: Option<String>,
 
+    /// FastCGI role to ask for: responder, authorizer or filter.
+    #[arg(long = "role", value_name = "ROLE", default_value = "responder", value_parser = parse_role_arg)]
+    pub role: Role,
+
+    /// Filter role's data stream (FCGI_DATA): a string, `@FILE`, or `@-` for standard
+    /// input, sent after the body with FCGI_DATA_LENGTH set to its size.
+    #[arg(long = "filter-data", value_name = "DATA", allow_hyphen_values = true)]
+    pub filter_data: Option<String>,
+
     /// Print the response's CGI header block before the body.
     #[arg(short = 'i', long = "include")]
     pub include: bool,
@@ -1210,7 +1233,19 @@ pub fn run(args: &RequestArgs) -> i32 {
     }
 }
 
-/// Read the `--data` argument.
+/// Parse `--role`.
+pub fn parse_role_arg(s: &str) -> Result<Role, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "responder" => Ok(Role::Responder),
+        "authorizer" => Ok(Role::Authorizer),
+        "filter" => Ok(Role::Filter),
+        _ => Err(format!(
+            "unknown role '{s}' (use responder, authorizer or filter)"
+        )),
+    }
+}
+
+/// Read the `--data` or `--filter-data` argument.
 fn load_body(data: &str) -> Result<Vec<u8>, RequestError> {
     match data.strip_prefix('@') {
         Some("-") => {
@@ -1250,6 +1285,7 @@ pub fn build_request(args: &RequestArgs, body: Option<Vec<u8>>) -> Request {
     }
     request.params = args.params.clone();
     request.body = body;
+    request.role = args.role;
     request.request_id = REQUEST_ID;
     request
 }
@@ -1264,8 +1300,16 @@ pub fn execute(
 ) -> Result<u16, RequestError> {
     // Reading the body (maybe from a slow pipe) is not part of the --timeout budget.
     let body = args.data.as_deref().map(load_body).transpose()?;
+    let mut filter_data = args.filter_data.as_deref().map(load_body).transpose()?;
+    // A filter always gets a data stream (maybe empty): an application reading it to
+    // the end would otherwise wait for one that never comes.
+    if args.role == Role::Filter && filter_data.is_none() {
+        filter_data = Some(Vec::new());
+    }
     let deadline = Instant::now() + args.timeout;
-    let bytes = build_request(args, body).encode();
+    let mut request = build_request(args, body);
+    request.filter_data = filter_data;
+    let bytes = request.encode();
 
     let connect_error = |e: io::Error| match e.kind() {
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => RequestError::Timeout {
@@ -1392,6 +1436,8 @@ mod tests {
             headers: Vec::new(),
             params: Vec::new(),
             data: None,
+            role: Role::Responder,
+            filter_data: None,
             include: false,
             timeout: Duration::from_secs(10),
         }

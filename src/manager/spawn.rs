@@ -211,6 +211,9 @@ impl PoolSpawner<'_> {
             } else {
                 0
             },
+            roles: pool.limits.roles.numbers(),
+            request_body_max: pool.limits.request_body_max,
+            request_read_timeout_ms: millis(pool.limits.request_read_timeout),
         }
     }
 

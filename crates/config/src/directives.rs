@@ -44,6 +44,8 @@ pub enum Kind {
     Mode,
     /// One of a fixed set of words.
     Choice(&'static [&'static str]),
+    /// One or more of a fixed set of words (a word or a list).
+    ChoiceList(&'static [&'static str]),
     /// One listen address, or a list of them.
     Listen,
     /// One glob, or a list of them.
@@ -75,6 +77,7 @@ impl Kind {
             Kind::Int { .. } => "integer".into(),
             Kind::Mode => "octal mode".into(),
             Kind::Choice(words) => words.join(" | "),
+            Kind::ChoiceList(words) => format!("list of {}", words.join(" | ")),
             Kind::Listen => "address or list of addresses".into(),
             Kind::Globs => "glob or list of globs".into(),
             Kind::PathList => "directory or list of directories".into(),
@@ -518,7 +521,39 @@ pub const DIRECTIVES: &[Directive] = &[
               and HTTP headers) a worker accepts; a larger request is refused. At least \
               1K.",
     },
+    Directive {
+        name: "request_body_max",
+        scope: Scope::Pool,
+        kind: Kind::Size { min: 0 },
+        default: DefaultValue::Value("0"),
+        doc: "Largest request body a worker accepts; 0 means no limit. A request whose \
+              CONTENT_LENGTH is larger is answered 413 Content Too Large before the app \
+              runs; a body without CONTENT_LENGTH that grows past the limit makes \
+              wsgi.input raise an error (and the answer is a 413 if the app had not \
+              started its response).",
+    },
+    Directive {
+        name: "request_read_timeout",
+        scope: Scope::Pool,
+        kind: Kind::Duration,
+        default: DefaultValue::Value("30s"),
+        doc: "How long a worker waits for the next bytes of a request that is not \
+              complete yet (its parameters, or a body the app is reading) before it \
+              closes the connection with a warning, so a client that sends too slowly \
+              cannot hold a worker. 0 waits forever.",
+    },
+    Directive {
+        name: "roles",
+        scope: Scope::Pool,
+        kind: Kind::ChoiceList(ROLES),
+        default: DefaultValue::Value("responder, authorizer, filter"),
+        doc: "FastCGI roles the pool serves. A request for another role is refused with \
+              FCGI_UNKNOWN_ROLE, as one for a role that does not exist is.",
+    },
 ];
+
+/// The words of the `roles` directive.
+pub const ROLES: &[&str] = &["responder", "authorizer", "filter"];
 
 /// The directive called `name` in `scope`.
 pub fn lookup(scope: Scope, name: &str) -> Option<&'static Directive> {

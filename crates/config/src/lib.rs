@@ -156,9 +156,11 @@ impl PmMode {
     }
 }
 
-/// A pool's recycling limits, request timeouts and process cap. Zero means "off"
-/// everywhere (PHP-FPM's convention); the [`Default`] is every limit off, no slow log.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// A pool's recycling limits, request limits and timeouts, process cap and served
+/// roles. Zero means "off" everywhere (PHP-FPM's convention); the [`Default`] is what a
+/// pool without these directives gets: every limit off and no slow log, except the 30 s
+/// `request_read_timeout`, with all three roles served.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolLimits {
     /// `pm.max_requests`: a worker retires after this many requests (0 = never).
     pub max_requests: u64,
@@ -181,6 +183,62 @@ pub struct PoolLimits {
     /// `pm.max_children` plus the same again for replacements that overlap the workers
     /// they replace.
     pub process_max: u32,
+    /// `request_body_max`: largest request body accepted, in bytes (0 = no limit).
+    pub request_body_max: u64,
+    /// `request_read_timeout`: a request that is still arriving and sends nothing for
+    /// this long has its connection closed (zero = wait forever).
+    pub request_read_timeout: std::time::Duration,
+    /// `roles`: the FastCGI roles served; others are refused with FCGI_UNKNOWN_ROLE.
+    pub roles: Roles,
+}
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        PoolLimits {
+            max_requests: 0,
+            max_requests_jitter: 0,
+            max_memory: 0,
+            max_lifetime: std::time::Duration::ZERO,
+            request_terminate_timeout: std::time::Duration::ZERO,
+            request_slowlog_timeout: std::time::Duration::ZERO,
+            slowlog: None,
+            process_max: 0,
+            request_body_max: 0,
+            request_read_timeout: std::time::Duration::from_secs(30),
+            roles: Roles::default(),
+        }
+    }
+}
+
+/// The FastCGI roles a pool serves (the `roles` directive). The [`Default`] is all three.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roles {
+    /// FCGI_RESPONDER: an ordinary request.
+    pub responder: bool,
+    /// FCGI_AUTHORIZER: an access check on behalf of the web server.
+    pub authorizer: bool,
+    /// FCGI_FILTER: a request with a data stream (FCGI_DATA) to transform.
+    pub filter: bool,
+}
+
+impl Default for Roles {
+    fn default() -> Self {
+        Roles {
+            responder: true,
+            authorizer: true,
+            filter: true,
+        }
+    }
+}
+
+impl Roles {
+    /// The FastCGI role numbers served (1 responder, 2 authorizer, 3 filter).
+    pub fn numbers(&self) -> Vec<u16> {
+        [(self.responder, 1), (self.authorizer, 2), (self.filter, 3)]
+            .into_iter()
+            .filter_map(|(on, n)| on.then_some(n))
+            .collect()
+    }
 }
 
 /// Global (`main file`) settings.

@@ -839,6 +839,45 @@ impl Loader<'_> {
         }
     }
 
+    /// The `roles` directive: a word or a list of words, at least one.
+    fn roles(&mut self, src: &Src, map: &BTreeMap<&'static str, (&Node, &Node)>) -> crate::Roles {
+        let Some((_, node)) = map.get("roles").filter(|(_, v)| !v.is_null()) else {
+            return crate::Roles::default();
+        };
+        let d = directives::lookup(Scope::Pool, "roles").expect("in the table");
+        let mut roles = crate::Roles {
+            responder: false,
+            authorizer: false,
+            filter: false,
+        };
+        let Some(words) = self.texts(src, d, node) else {
+            return crate::Roles::default();
+        };
+        for (word, pos) in &words {
+            match word.trim().to_ascii_lowercase().as_str() {
+                "responder" => roles.responder = true,
+                "authorizer" => roles.authorizer = true,
+                "filter" => roles.filter = true,
+                _ => self.err(
+                    src,
+                    pos.unwrap_or(node.pos),
+                    format!(
+                        "'roles': unknown role '{word}' (use {})",
+                        directives::ROLES.join(", ")
+                    ),
+                ),
+            }
+        }
+        if roles.numbers().is_empty()
+            && words
+                .iter()
+                .all(|(w, _)| directives::ROLES.contains(&w.trim().to_ascii_lowercase().as_str()))
+        {
+            self.err(src, node.pos, "'roles': at least one role is required");
+        }
+        roles
+    }
+
     /// Recycling, timeouts, slow log and `process.max`.
     fn limits(
         &mut self,
@@ -872,6 +911,14 @@ impl Loader<'_> {
             process_max: self.or_default(src, map, "process.max", |s| {
                 values::parse_int(s, 0, 100_000).map(|n| n as u32)
             }),
+            request_body_max: self.or_default(src, map, "request_body_max", values::parse_size),
+            request_read_timeout: self.or_default(
+                src,
+                map,
+                "request_read_timeout",
+                values::parse_duration,
+            ),
+            roles: self.roles(src, map),
         };
         let slow = limits.request_slowlog_timeout;
         let terminate = limits.request_terminate_timeout;

@@ -357,6 +357,25 @@ fn wrong_types() {
     );
 }
 
+/// `roles` takes known role names only, and at least one.
+#[test]
+fn bad_roles() {
+    let t = Tree::new();
+    t.write("pyfpm.yaml", "daemonize: false\n");
+    t.write(
+        "pools.d/www.yaml",
+        "www:\n  listen: 9000\n  app: a:b\n  pm.max_children: 1\n  roles: [responder, proxy]\n\
+         w2:\n  listen: 9001\n  app: a:b\n  pm.max_children: 1\n  roles: []\n",
+    );
+    assert_eq!(
+        t.errors("pyfpm.yaml"),
+        [
+            "T/pools.d/www.yaml:5:22: 'roles': unknown role 'proxy' (use responder, authorizer, filter)",
+            "T/pools.d/www.yaml:10:10: 'roles': at least one role is required",
+        ]
+    );
+}
+
 #[test]
 fn bad_values() {
     let t = Tree::new();
@@ -908,7 +927,9 @@ fn dynamic_and_ondemand_pools_with_their_settings() {
          pm.min_spare_servers: 2\n  pm.max_spare_servers: 6\n  pm.max_spawn_rate: 8\n  \
          pm.max_requests: 500\n  pm.max_requests_jitter: 50\n  pm.max_memory: 256M\n  \
          pm.max_lifetime: 1h\n  request_terminate_timeout: 30s\n  \
-         request_slowlog_timeout: 5s\n  slowlog: slow.log\n  process.max: 12\n\
+         request_slowlog_timeout: 5s\n  slowlog: slow.log\n  process.max: 12\n  \
+         request_body_max: 10M\n  request_read_timeout: 5s\n  \
+         roles: [responder, Filter]\n\
          od:\n  listen: 9001\n  app: a:b\n  pm: ondemand\n  pm.max_children: 4\n  \
          pm.process_idle_timeout: 500ms\n\
          dyn2:\n  listen: 9002\n  app: a:b\n  pm: dynamic\n  pm.max_children: 5\n  \
@@ -949,6 +970,13 @@ fn dynamic_and_ondemand_pools_with_their_settings() {
             request_slowlog_timeout: Duration::from_secs(5),
             slowlog: Some(t.path("pools.d/slow.log")),
             process_max: 12,
+            request_body_max: 10 << 20,
+            request_read_timeout: Duration::from_secs(5),
+            roles: pyfpm_config::Roles {
+                responder: true,
+                authorizer: false,
+                filter: true,
+            },
         }
     );
     assert_eq!(

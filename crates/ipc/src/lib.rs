@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Bumped whenever [`WorkerSpec`] or the control messages change shape.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The version of the pyfpm build. Manager and worker module must carry the same one.
 pub const BUILD_ID: &str = env!("CARGO_PKG_VERSION");
@@ -29,7 +29,7 @@ pub const BUILD_MARKER_PREFIX: &str = "pyfpm-worker-build=";
 pub const BUILD_MARKER: &str = concat!(
     "pyfpm-worker-build=",
     env!("CARGO_PKG_VERSION"),
-    "/protocol=3"
+    "/protocol=4"
 );
 
 /// Environment variable holding the JSON-encoded [`WorkerSpec`].
@@ -153,6 +153,15 @@ pub struct WorkerSpec {
     /// `request_slowlog_timeout` in milliseconds (0 = none): the worker sends a slow-log
     /// entry (see [`control::SLOWLOG`]) for a request still running after this long.
     pub request_slowlog_timeout_ms: u64,
+    /// FastCGI role numbers served (1 responder, 2 authorizer, 3 filter); a
+    /// BEGIN_REQUEST for any other role is refused with FCGI_UNKNOWN_ROLE.
+    pub roles: Vec<u16>,
+    /// `request_body_max` in bytes (0 = no limit): a larger CONTENT_LENGTH is answered
+    /// 413 before the app runs; a longer body without one fails `wsgi.input`.
+    pub request_body_max: u64,
+    /// `request_read_timeout` in milliseconds (0 = none): a request still arriving that
+    /// sends nothing for this long has its connection closed.
+    pub request_read_timeout_ms: u64,
 }
 
 impl WorkerSpec {
@@ -203,6 +212,9 @@ mod tests {
             max_memory: 256 << 20,
             request_terminate_timeout_ms: 30_000,
             request_slowlog_timeout_ms: 5_000,
+            roles: vec![1, 3],
+            request_body_max: 1 << 20,
+            request_read_timeout_ms: 30_000,
         };
         assert_eq!(WorkerSpec::from_json(&spec.to_json()).unwrap(), spec);
     }

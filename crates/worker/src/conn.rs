@@ -85,6 +85,20 @@ impl Socket {
         }
     }
 
+    /// Read what is already waiting, without blocking: `Ok(None)` when nothing is.
+    fn recv_now(&self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+        let mut p = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        if unsafe { libc::poll(&mut p, 1, 0) } <= 0 || p.revents == 0 {
+            return Ok(None);
+        }
+        self.recv_into(buf).map(Some)
+    }
+
     /// Write all of `data`. MSG_NOSIGNAL: a peer that went away is an EPIPE error here,
     /// never a SIGPIPE that would kill the worker.
     fn send_all(&self, mut data: &[u8]) -> io::Result<()> {
@@ -128,6 +142,13 @@ pub enum ConnError {
     /// End of file while a request was still being received.
     #[error("the web server closed the connection in the middle of a request")]
     ClosedMidRequest,
+    /// Nothing arrived for `request_read_timeout` while a request was incomplete.
+    #[error(
+        "the web server sent nothing for {}s while a request was due or incomplete \
+         (request_read_timeout)",
+        .0.as_secs_f64()
+    )]
+    ReadTimeout(std::time::Duration),
     /// The driver already closed the socket.
     #[error("the connection is closed")]
     Closed,
@@ -153,7 +174,7 @@ impl ConnError {
                     | io::ErrorKind::ConnectionAborted
             ),
             ConnError::ClosedMidRequest | ConnError::Closed => true,
-            ConnError::Decode(_) => false,
+            ConnError::Decode(_) | ConnError::ReadTimeout(_) => false,
         }
     }
 
@@ -179,6 +200,9 @@ pub enum OpError {
     /// The web server sent FCGI_ABORT_REQUEST for this request.
     #[error("the web server aborted the request")]
     Aborted,
+    /// The request body grew past `request_body_max` (the limit, in bytes).
+    #[error("the request body exceeds request_body_max ({0} bytes)")]
+    TooLarge(u64),
     /// The connection failed.
     #[error(transparent)]
     Conn(#[from] ConnError),
@@ -216,8 +240,16 @@ pub struct Request {
     stdin_done: bool,
     /// How many more body bytes the app may read (CONTENT_LENGTH), `None` = to the end.
     input_remaining: Option<u64>,
+    /// Received FCGI_DATA chunks (filter role) the app has not read yet.
+    data: VecDeque<Bytes>,
+    /// The FCGI_DATA stream ended (or the role has none).
+    data_done: bool,
     /// FCGI_ABORT_REQUEST arrived.
     pub aborted: bool,
+    /// FCGI_STDIN bytes received so far, for `request_body_max`.
+    stdin_received: u64,
+    /// The body grew past `request_body_max`: the rest is dropped and reads fail.
+    pub too_large: bool,
     /// Response state.
     pub response: Response,
     /// wsgi.errors text not yet sent as FCGI_STDERR.
@@ -239,12 +271,26 @@ impl Request {
             // record), so waiting for its end would hang.
             stdin_done: role == Role::Authorizer,
             input_remaining: None,
+            data: VecDeque::new(),
+            // Only a filter gets a data stream; any other role has none to wait for.
+            data_done: role != Role::Filter,
             aborted: false,
+            stdin_received: 0,
+            too_large: false,
             response: Response::default(),
             stderr_buf: Vec::new(),
             stderr_used: false,
         }
     }
+}
+
+/// The input streams of a request an app reads from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputStream {
+    /// FCGI_STDIN, the request body (`wsgi.input`).
+    Stdin,
+    /// FCGI_DATA, the filter role's file to filter (`fcgi.data`).
+    Data,
 }
 
 /// What a FastCGI management query may learn about this worker.
@@ -277,7 +323,19 @@ pub struct Conn {
     seq: u64,
     /// The first fatal failure; once set every socket operation fails with it.
     failure: Option<ConnError>,
+    /// The peer closed its sending side while a response was being written (seen by
+    /// [`Conn::check_incoming`]); nothing more can arrive, so reading stops.
+    peer_eof: bool,
+    /// `request_body_max` in bytes (0 = no limit).
+    body_max: u64,
+    /// `request_read_timeout` (zero = none); applied to the socket as SO_RCVTIMEO.
+    read_timeout: std::time::Duration,
 }
+
+/// Unread request input held while a response streams. Past it, the socket is no longer
+/// polled for FCGI_ABORT_REQUEST, so an app that ignores a huge body cannot make the
+/// worker buffer all of it.
+const CHECK_INCOMING_MAX_QUEUED: usize = 1 << 20;
 
 impl Conn {
     /// Wrap an accepted socket.
@@ -291,7 +349,55 @@ impl Conn {
             req: None,
             seq: 0,
             failure: None,
+            peer_eof: false,
+            body_max: 0,
+            read_timeout: std::time::Duration::ZERO,
         }
+    }
+
+    /// Apply the pool's request limits: `body_max` bytes of body at most (0 = none), and
+    /// `read_timeout` as the longest wait for bytes of a request in progress (zero =
+    /// none). Waiting for the next request on a kept connection is a poll(2), not a
+    /// read, so an idle connection is never timed out by it.
+    pub fn set_limits(&mut self, body_max: u64, read_timeout: std::time::Duration) {
+        self.body_max = body_max;
+        self.read_timeout = read_timeout;
+        if let Some(sock) = self.sock.as_ref() {
+            let tv = libc::timeval {
+                tv_sec: read_timeout.as_secs() as libc::time_t,
+                tv_usec: read_timeout.subsec_micros() as libc::suseconds_t,
+            };
+            // SAFETY: a valid timeval of the size given, on a socket we own.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock.fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&raw const tv).cast(),
+                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                crate::log::log(
+                    Level::Warning,
+                    format!(
+                        "{}: cannot set request_read_timeout on the connection: {}",
+                        self.peer,
+                        io::Error::last_os_error()
+                    ),
+                );
+            }
+        }
+    }
+
+    /// `request_read_timeout` (zero = none).
+    pub fn read_timeout(&self) -> std::time::Duration {
+        self.read_timeout
+    }
+
+    /// `request_body_max` in bytes (0 = no limit).
+    pub fn body_max(&self) -> u64 {
+        self.body_max
     }
 
     /// The socket's fd, for poll(2); `None` once closed.
@@ -354,6 +460,10 @@ impl Conn {
         let sock = self.sock.as_ref().ok_or(ConnError::Closed)?;
         let n = match sock.recv_into(self.codec.read_buf()) {
             Ok(n) => n,
+            // SO_RCVTIMEO expired: request_read_timeout.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(self.fail(ConnError::ReadTimeout(self.read_timeout)));
+            }
             Err(e) => return Err(self.fail(ConnError::io("reading from the web server", e))),
         };
         if n == 0 {
@@ -367,6 +477,35 @@ impl Conn {
         }
         self.process_events()?;
         Ok(true)
+    }
+
+    /// While a response is written: take in whatever the web server already sent
+    /// (FCGI_ABORT_REQUEST, GET_VALUES, more body), without blocking, so an abort stops
+    /// a streaming response at its next chunk.
+    fn check_incoming(&mut self) -> Result<(), ConnError> {
+        if self.peer_eof || self.failure.is_some() {
+            return Ok(());
+        }
+        let queued: usize = self.req.as_ref().map_or(0, |r| {
+            r.stdin.iter().chain(r.data.iter()).map(Bytes::len).sum()
+        });
+        if queued > CHECK_INCOMING_MAX_QUEUED {
+            return Ok(());
+        }
+        let Some(sock) = self.sock.as_ref() else {
+            return Ok(());
+        };
+        match sock.recv_now(self.codec.read_buf()) {
+            Ok(None) => Ok(()),
+            // A half-close is not an abort: some clients shut down their sending side
+            // once the request is out and still read the whole response.
+            Ok(Some(0)) => {
+                self.peer_eof = true;
+                Ok(())
+            }
+            Ok(Some(_)) => self.process_events(),
+            Err(e) => Err(self.fail(ConnError::io("reading from the web server", e))),
+        }
     }
 
     /// Handle every event the buffered bytes hold, then write any management answers.
@@ -427,21 +566,37 @@ impl Conn {
                 }
             }
             Event::Stdin { request_id, data } => {
+                let body_max = self.body_max;
                 if let Some(req) = self.req.as_mut().filter(|r| r.id == request_id) {
+                    req.stdin_received += data.len() as u64;
+                    if body_max != 0 && req.stdin_received > body_max && !req.too_large {
+                        // Past the limit nothing is kept: the rest is only drained.
+                        req.too_large = true;
+                        req.stdin.clear();
+                    }
                     if data.is_empty() {
                         req.stdin_done = true;
-                    } else if !req.stdin_done {
+                    } else if !req.stdin_done && !req.too_large {
                         req.stdin.push_back(data);
                     }
                 }
             }
-            // FCGI_DATA belongs to the filter role, which is not served yet: dropped.
-            Event::Data { .. } => {}
+            Event::Data { request_id, data } => {
+                if let Some(req) = self.req.as_mut().filter(|r| r.id == request_id) {
+                    if data.is_empty() {
+                        req.data_done = true;
+                    } else if !req.data_done {
+                        req.data.push_back(data);
+                    }
+                }
+            }
             Event::AbortRequest { request_id } => {
                 if let Some(req) = self.req.as_mut().filter(|r| r.id == request_id) {
                     req.aborted = true;
                     req.stdin_done = true;
                     req.stdin.clear();
+                    req.data_done = true;
+                    req.data.clear();
                 }
             }
         }
@@ -484,31 +639,47 @@ impl Conn {
     /// with `line` stop after the first `\n`. Blocks (the caller released the GIL) until
     /// that much arrived or the body ended; never past the end of FCGI_STDIN or past
     /// CONTENT_LENGTH. An empty result means end of body.
+    ///
+    /// `stream` chooses FCGI_STDIN (`wsgi.input`) or FCGI_DATA (`fcgi.data`, which has
+    /// no CONTENT_LENGTH bound: it ends where the stream ends). After
+    /// FCGI_ABORT_REQUEST every read fails with [`OpError::Aborted`], so an app blocked
+    /// waiting for body bytes is woken with an exception rather than a short body.
     pub fn read_input(
         &mut self,
         seq: u64,
+        stream: InputStream,
         max: Option<usize>,
         line: bool,
     ) -> Result<Vec<u8>, OpError> {
         let mut out = Vec::new();
         loop {
             let req = self.current(seq)?;
-            // `input_remaining` already accounts for what earlier rounds took; `max` is
-            // for this call as a whole.
+            if req.aborted {
+                return Err(OpError::Aborted);
+            }
+            if req.too_large && stream == InputStream::Stdin {
+                return Err(OpError::TooLarge(self.body_max));
+            }
+            let (queue, done, remaining) = match stream {
+                InputStream::Stdin => (&mut req.stdin, req.stdin_done, &mut req.input_remaining),
+                InputStream::Data => (&mut req.data, req.data_done, &mut None),
+            };
+            // `remaining` already accounts for what earlier rounds took; `max` is for
+            // this call as a whole.
             let mut want = max.map_or(u64::MAX, |m| m.saturating_sub(out.len()) as u64);
-            if let Some(remaining) = req.input_remaining {
+            if let Some(remaining) = *remaining {
                 want = want.min(remaining);
             }
-            let (taken, found_newline) = take_from_queue(&mut req.stdin, &mut out, want, line);
-            if let Some(remaining) = req.input_remaining.as_mut() {
+            let (taken, found_newline) = take_from_queue(queue, &mut out, want, line);
+            if let Some(remaining) = remaining.as_mut() {
                 *remaining -= taken;
             }
-            let limit_reached =
-                req.input_remaining == Some(0) || max.is_some_and(|m| out.len() >= m);
-            if found_newline || limit_reached || (req.stdin.is_empty() && req.stdin_done) {
+            let limit_reached = *remaining == Some(0) || max.is_some_and(|m| out.len() >= m);
+            let empty = queue.is_empty();
+            if found_newline || limit_reached || (empty && done) {
                 return Ok(out);
             }
-            if req.stdin.is_empty() && !self.fill()? {
+            if empty && !self.fill()? {
                 // EOF with no request is impossible here (`current` found one); `fill`
                 // reports EOF mid-request as an error.
                 return Ok(out);
@@ -536,6 +707,8 @@ impl Conn {
     /// data. With `flush_now` false the bytes may stay buffered until the next flush
     /// (the caller knows more output, or END_REQUEST, follows at once).
     pub fn send_body(&mut self, seq: u64, data: &[u8], flush_now: bool) -> Result<(), OpError> {
+        self.current(seq)?;
+        self.check_incoming()?;
         let req = self.current(seq)?;
         if req.aborted {
             return Err(OpError::Aborted);
@@ -584,6 +757,13 @@ impl Conn {
         let id = req.id;
         fcgi::encode_stream(&mut self.out, RecordType::Stdout, id, &block);
         self.flush().map_err(OpError::from)
+    }
+
+    /// Replace an unsent response with `413 Content Too Large` (`request_body_max`).
+    /// `false` if headers were already sent.
+    pub fn send_too_large(&mut self, seq: u64) -> Result<bool, OpError> {
+        let max = self.body_max;
+        self.replace_unsent(seq, 413, |head| crate::http::too_large_response(max, head))
     }
 
     /// Replace an unsent response with a plain 500. `false` if headers were already sent
@@ -702,7 +882,8 @@ impl Conn {
                 return Ok(());
             };
             req.stdin.clear();
-            if req.stdin_done {
+            req.data.clear();
+            if req.stdin_done && req.data_done {
                 return Ok(());
             }
             if !self.fill()? {

@@ -173,6 +173,22 @@ pub fn internal_error_response(head: bool) -> Vec<u8> {
     out
 }
 
+/// The whole CGI response for a request body over `request_body_max` (`max` bytes),
+/// sent instead of the app's. `head` leaves out the body.
+pub fn too_large_response(max: u64, head: bool) -> Vec<u8> {
+    let body = format!("Content Too Large: the request body exceeds {max} bytes\n");
+    let mut out = format!(
+        "Status: 413 Content Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if !head {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
+}
+
 /// The path part of a REQUEST_URI: without the query string or fragment, and without
 /// the scheme and authority of an absolute-form target (`http://host/path`).
 pub fn request_uri_path(uri: &[u8]) -> &[u8] {

@@ -57,6 +57,8 @@ pub struct Polled {
     /// poll(2) was interrupted by a signal: the caller should let Python run its signal
     /// handlers (`py.check_signals()`).
     pub interrupted: bool,
+    /// The timeout given to [`Stop::poll_timeout`] expired with nothing readable.
+    pub timed_out: bool,
 }
 
 /// The ways a worker is asked to stop, and the fds that announce them.
@@ -116,6 +118,11 @@ impl Stop {
 
     /// Wait (no timeout) until one of `fds` is readable or a stop is requested.
     pub fn poll(&self, fds: &[RawFd]) -> io::Result<Polled> {
+        self.poll_timeout(fds, None)
+    }
+
+    /// [`Stop::poll`], giving up after `timeout` (`None` = never).
+    pub fn poll_timeout(&self, fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Polled> {
         let watch_control = !self.manager_gone.load(Ordering::SeqCst);
         let mut pollfds: Vec<libc::pollfd> = fds
             .iter()
@@ -131,12 +138,26 @@ impl Stop {
             readable: vec![false; fds.len()],
             stop: self.requested(),
             interrupted: false,
+            timed_out: false,
         };
         if polled.stop {
             return Ok(polled);
         }
+        let timeout_ms = timeout.map_or(-1, |t| {
+            i32::try_from(t.as_millis().max(1)).unwrap_or(i32::MAX)
+        });
         // SAFETY: `pollfds` is a valid array of `pollfds.len()` pollfd structs.
-        let n = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, -1) };
+        let n = unsafe {
+            libc::poll(
+                pollfds.as_mut_ptr(),
+                pollfds.len() as libc::nfds_t,
+                timeout_ms,
+            )
+        };
+        if n == 0 {
+            polled.timed_out = true;
+            return Ok(polled);
+        }
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -418,10 +439,18 @@ fn wait_for_request(
             } else {
                 [fd].iter().chain(others).copied().collect()
             };
-            let polled = stop.poll(&watched).map_err(|e| ConnError::Io {
-                op: "waiting for the web server",
-                source: Arc::new(e),
-            })?;
+            // A new connection must bring its first request within request_read_timeout:
+            // one that sends nothing would otherwise hold the worker forever.
+            let limit = (first && !conn.read_timeout().is_zero()).then(|| conn.read_timeout());
+            let polled = stop
+                .poll_timeout(&watched, limit)
+                .map_err(|e| ConnError::Io {
+                    op: "waiting for the web server",
+                    source: Arc::new(e),
+                })?;
+            if polled.timed_out {
+                return Err(ConnError::ReadTimeout(conn.read_timeout()));
+            }
             if polled.interrupted {
                 return Ok(Wait::Interrupted);
             }
@@ -492,13 +521,17 @@ fn serve_connection(
     let config = ServerConfig {
         max_params_len: worker.spec.request_params_max,
         max_active_requests: 1,
-        roles: vec![Role::Responder, Role::Authorizer, Role::Filter],
+        roles: worker.spec.roles.iter().map(|&n| Role::from(n)).collect(),
     };
     let capacity = Capacity {
         max_conns: worker.spec.fcgi_max_conns,
         max_reqs: worker.spec.fcgi_max_reqs,
     };
     let mut conn = Conn::new(sock, peer, config, capacity);
+    conn.set_limits(
+        worker.spec.request_body_max,
+        Duration::from_millis(worker.spec.request_read_timeout_ms),
+    );
     conn.preload(preload);
     let shared: Shared = Arc::new(Mutex::new(conn));
     let others: Vec<RawFd> = if parking.enabled() {

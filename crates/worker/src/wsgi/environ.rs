@@ -47,6 +47,8 @@ pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
 pub struct Streams<'a, 'py> {
     /// `wsgi.input`.
     pub input: &'a Bound<'py, PyAny>,
+    /// `fcgi.data`, for the filter role only.
+    pub data: Option<&'a Bound<'py, PyAny>>,
     /// `wsgi.errors`.
     pub errors: &'a Bound<'py, PyAny>,
     /// `wsgi.file_wrapper`.
@@ -181,6 +183,9 @@ pub fn build<'py>(
     environ.set_item(intern!(py, "wsgi.file_wrapper"), streams.file_wrapper)?;
     if let Some(role) = role.as_str() {
         environ.set_item(intern!(py, "FCGI_ROLE"), role)?;
+    }
+    if let Some(data) = streams.data {
+        environ.set_item(intern!(py, "fcgi.data"), data)?;
     }
 
     let uri = match request_uri {

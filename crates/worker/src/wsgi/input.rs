@@ -4,9 +4,13 @@
 //! released) until it can answer. With CONTENT_LENGTH the app gets at most that many
 //! bytes; without it, everything up to the end of the STDIN stream (Apache relays
 //! chunked uploads that way). A read never blocks past the end of the stream.
+//!
+//! The same class serves the filter role's `environ['fcgi.data']`, streamed from
+//! FCGI_DATA, which ends where that stream ends. After FCGI_ABORT_REQUEST every read
+//! raises `ConnectionAbortedError`.
 
 use super::op_error;
-use crate::conn::{Shared, lock};
+use crate::conn::{InputStream, Shared, lock};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
@@ -17,17 +21,32 @@ pub struct Input {
     conn: Shared,
     /// The request this stream belongs to (see `Conn::seq`).
     seq: u64,
+    /// Which FastCGI stream it reads.
+    stream: InputStream,
 }
 
 impl Input {
     /// The body stream of the request `seq` on `conn`.
     pub fn new(conn: Shared, seq: u64) -> Self {
-        Input { conn, seq }
+        Input {
+            conn,
+            seq,
+            stream: InputStream::Stdin,
+        }
+    }
+
+    /// The FCGI_DATA stream (filter role) of the request `seq` on `conn`.
+    pub fn data(conn: Shared, seq: u64) -> Self {
+        Input {
+            conn,
+            seq,
+            stream: InputStream::Data,
+        }
     }
 
     fn pull(&self, py: Python<'_>, max: Option<usize>, line: bool) -> PyResult<Vec<u8>> {
-        let (conn, seq) = (&self.conn, self.seq);
-        py.detach(|| lock(conn).read_input(seq, max, line))
+        let (conn, seq, stream) = (&self.conn, self.seq, self.stream);
+        py.detach(|| lock(conn).read_input(seq, stream, max, line))
             .map_err(op_error)
     }
 }

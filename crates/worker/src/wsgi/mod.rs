@@ -13,7 +13,14 @@
 //!   `Conn::abort_response`);
 //! - the web server went away (EPIPE, ECONNRESET): iteration stops, `close()` runs, an
 //!   info line is logged and the connection is dropped;
-//! - FCGI_ABORT_REQUEST: iteration stops, `close()` runs, END_REQUEST is sent;
+//! - FCGI_ABORT_REQUEST (noticed while the app reads the body, which then raises
+//!   `ConnectionAbortedError`, or before each chunk of a streamed response is sent):
+//!   iteration stops, `close()` runs, END_REQUEST is sent and a kept connection stays
+//!   usable;
+//! - a body over `request_body_max`: answered `413 Content Too Large` before the app
+//!   runs when CONTENT_LENGTH says so; otherwise `wsgi.input` raises `OSError` once the
+//!   stream grows past the limit and, if the app lets it through before responding, the
+//!   answer is the 413;
 //! - `request_terminate_timeout` fired (the watchdog raised `RequestTimeout` in the app,
 //!   see [`crate::watchdog`]): `close()` runs, then `504 Gateway Timeout` with a short
 //!   text body if nothing was sent yet, else the response is aborted as above.
@@ -44,6 +51,7 @@ pub(crate) fn op_error(err: OpError) -> PyErr {
         OpError::Finished => PyValueError::new_err(msg),
         OpError::NotStarted => PyRuntimeError::new_err(msg),
         OpError::Aborted => PyConnectionAbortedError::new_err(msg),
+        OpError::TooLarge(_) => PyOSError::new_err(msg),
         OpError::Conn(ConnError::Io { source, .. })
             if source.kind() == io::ErrorKind::BrokenPipe =>
         {
@@ -72,6 +80,9 @@ enum Failure {
     Contract(String),
     /// The web server sent FCGI_ABORT_REQUEST.
     Aborted,
+    /// The body exceeded `request_body_max` (CONTENT_LENGTH said so before the app
+    /// ran, or wsgi.input found out and the app let the error through).
+    TooLarge,
     /// The connection failed.
     Conn(ConnError),
     /// request_terminate_timeout fired before the app was even called.
@@ -82,6 +93,7 @@ impl From<OpError> for Failure {
     fn from(err: OpError) -> Self {
         match err {
             OpError::Aborted => Failure::Aborted,
+            OpError::TooLarge(_) => Failure::TooLarge,
             OpError::Conn(e) => Failure::Conn(e),
             OpError::NotStarted => Failure::Contract(
                 "the app sent body data before calling start_response()".to_string(),
@@ -194,8 +206,15 @@ fn serve_request(
         let input = Bound::new(py, input::Input::new(shared.clone(), seq))?.into_any();
         let errors = Bound::new(py, errors::Errors::new(shared.clone(), seq))?.into_any();
         let start = Bound::new(py, start_response::StartResponse::new(shared.clone(), seq))?;
+        let data = match role {
+            fastcgi::Role::Filter => {
+                Some(Bound::new(py, input::Input::data(shared.clone(), seq))?.into_any())
+            }
+            _ => None,
+        };
         let streams = environ::Streams {
             input: &input,
+            data: data.as_ref(),
             errors: &errors,
             file_wrapper: worker.file_wrapper.bind(py),
         };
@@ -221,6 +240,11 @@ fn serve_request(
         method: &info.method,
         uri: &info.uri,
     };
+    let body_max = worker.spec.request_body_max;
+    if body_max != 0 && info.content_length.is_some_and(|n| n > body_max) {
+        // Refused before the app runs; the body is drained by the normal ending.
+        return fail(py, worker, shared, seq, &ctx, Failure::TooLarge);
+    }
 
     let monitor = &worker.monitor;
     // The watchdog may raise RequestTimeout only between enter_app and leave_app: the
@@ -319,6 +343,14 @@ fn stream(
         })
 }
 
+/// The level to log a failed operation at: routine when the peer simply went away.
+fn e_level(e: &OpError) -> Level {
+    match e {
+        OpError::Conn(c) => c.level(),
+        _ => Level::Warning,
+    }
+}
+
 /// Call the result's `close()`, if it has one.
 fn call_close(result: &Bound<'_, PyAny>) -> PyResult<()> {
     if let Some(close) = result.getattr_opt("close")? {
@@ -370,6 +402,8 @@ fn fail(
                 Failure::Conn(e.clone())
             } else if conn.req.as_ref().is_some_and(|r| r.aborted) {
                 Failure::Aborted
+            } else if conn.req.as_ref().is_some_and(|r| r.too_large) {
+                Failure::TooLarge
             } else {
                 drop(conn);
                 Failure::App(err)
@@ -415,6 +449,47 @@ fn fail(
         Failure::Aborted => {
             log(Level::Info, format!("{ctx}: aborted by the web server"));
             return finish(py, shared, ctx);
+        }
+        Failure::TooLarge => {
+            return py.detach(|| {
+                let mut conn = lock(shared);
+                let max = conn.body_max();
+                match conn.send_too_large(seq) {
+                    Ok(true) => {
+                        log(
+                            Level::Notice,
+                            format!(
+                                "{ctx}: request body over request_body_max ({max} bytes); \
+                                 answered 413"
+                            ),
+                        );
+                        drop(conn);
+                        finish_detached(shared, ctx)
+                    }
+                    Ok(false) => {
+                        log(
+                            Level::Notice,
+                            format!(
+                                "{ctx}: request body over request_body_max ({max} bytes) \
+                                 after the response started: the response is aborted"
+                            ),
+                        );
+                        conn.abort_response(
+                            seq,
+                            b"pyfpm: request body over request_body_max; response aborted\n",
+                        );
+                        Outcome::Close
+                    }
+                    Err(e) => {
+                        log(
+                            e_level(&e),
+                            format!("{ctx}: {}: could not send the 413 response: {e}", conn.peer),
+                        );
+                        conn.close();
+                        Outcome::Close
+                    }
+                }
+            });
         }
         Failure::App(err) => {
             if err.is_instance_of::<PyKeyboardInterrupt>(py)
