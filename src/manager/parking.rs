@@ -19,22 +19,14 @@
 //! sendmsg and one recvmsg each way plus the epoll registration of the connection; a
 //! worker that gets the next request of its own kept connection serves it directly.
 
-use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recv,
-    recvmsg, sendmsg, socketpair,
-};
+use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, recv, socketpair};
+use pyfpm_ipc::handoff::{self, Received};
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::task::{AbortHandle, JoinSet};
-
-/// First byte of every message (see the worker's `parking` module).
-const MARKER: u8 = b'P';
-
-/// Most payload bytes one message carries.
-const MAX_PAYLOAD: usize = 64 * 1024;
 
 /// Most idle connections parked per pool; reported in FCGI_MAX_CONNS.
 pub const MAX_PARKED: u32 = 4096;
@@ -212,22 +204,16 @@ async fn run(
 fn flush(pool: &str, dispatch: &AsyncFd<OwnedFd>, queue: &mut VecDeque<Held>, wake: &impl Fn()) {
     let mut sent = false;
     while let Some(held) = queue.front() {
-        let marker = [MARKER];
-        let iov = [IoSlice::new(&marker), IoSlice::new(&held.payload)];
-        let fds = [held.fd.as_raw_fd()];
-        let cmsg = [ControlMessage::ScmRights(&fds)];
-        match sendmsg::<()>(
+        match handoff::send(
             dispatch.get_ref().as_raw_fd(),
-            &iov,
-            &cmsg,
-            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-            None,
+            held.fd.as_raw_fd(),
+            &held.payload,
+            true,
         ) {
-            Ok(_) => {
+            Ok(()) => {
                 queue.pop_front(); // the manager's copy closes here
                 sent = true;
             }
-            Err(nix::errno::Errno::EINTR) => continue,
             // Full: the `writable` branch retries once workers have taken some.
             Err(nix::errno::Errno::EAGAIN) => break,
             Err(e) => {
@@ -241,48 +227,13 @@ fn flush(pool: &str, dispatch: &AsyncFd<OwnedFd>, queue: &mut VecDeque<Held>, wa
     }
 }
 
-/// Receive one parked connection (non-blocking). `Ok(None)`: a malformed message,
-/// dropped.
+/// Receive one parked connection (non-blocking; `WouldBlock` when none is queued).
+/// `Ok(None)`: a malformed message, dropped.
 fn receive(fd: RawFd) -> io::Result<Option<Held>> {
-    let mut buf = vec![0u8; MAX_PAYLOAD + 1];
-    let mut space = nix::cmsg_space!([RawFd; 4]);
-    let (len, fds) = loop {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        match recvmsg::<()>(
-            fd,
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(msg) => {
-                let mut fds: Vec<OwnedFd> = Vec::new();
-                if let Ok(cmsgs) = msg.cmsgs() {
-                    for c in cmsgs {
-                        if let ControlMessageOwned::ScmRights(received) = c {
-                            // SAFETY: SCM_RIGHTS installed these fds in this process
-                            // just now; nothing else owns them.
-                            fds.extend(
-                                received
-                                    .into_iter()
-                                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                            );
-                        }
-                    }
-                }
-                break (msg.bytes, fds);
-            }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    };
-    let mut fds = fds.into_iter();
-    match (fds.next(), len > 0 && buf[0] == MARKER) {
-        (Some(fd), true) => {
-            buf.truncate(len);
-            buf.remove(0);
-            Ok(Some(Held { fd, payload: buf }))
-        }
-        _ => {
+    match handoff::receive(fd)? {
+        Received::Conn(fd, payload) => Ok(Some(Held { fd, payload })),
+        Received::WouldBlock => Err(io::ErrorKind::WouldBlock.into()),
+        Received::Closed | Received::Malformed => {
             tracing::warn!("malformed message on a pool's park socket ignored");
             Ok(None)
         }
@@ -337,19 +288,9 @@ mod tests {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
 
-    /// Worker-side send/receive with the same format, for the round trip.
+    /// What a worker does to park a connection.
     fn park(park_fd: RawFd, conn: RawFd) {
-        let marker = [MARKER];
-        let iov = [IoSlice::new(&marker)];
-        let fds = [conn];
-        sendmsg::<()>(
-            park_fd,
-            &iov,
-            &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::empty(),
-            None,
-        )
-        .unwrap();
+        handoff::send(park_fd, conn, b"", false).unwrap();
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! that a manager and a worker module from different builds can detect the mismatch
 //! ([`PROTOCOL_VERSION`], [`BUILD_ID`]) instead of misbehaving.
 
+pub mod handoff;
+
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 

@@ -156,29 +156,12 @@ fn push_latin1(out: &mut Vec<u8>, text: &str) {
     out.extend(text.chars().map(|c| c as u8));
 }
 
-/// The whole CGI response (headers and body) sent when the app failed before anything
-/// was sent. The body is short on purpose: the details go to the error log, not to the
-/// client. `head` leaves out the body (a HEAD request).
-pub fn internal_error_response(head: bool) -> Vec<u8> {
-    const BODY: &str = "Internal Server Error\n";
+/// A complete CGI response with a short `text/plain` body, for the pages the worker
+/// answers itself instead of the app (500, 413, 504). `status` is the status line
+/// (`"500 Internal Server Error"`); `head` leaves out the body (a HEAD request).
+pub fn text_response(status: &str, body: &str, head: bool) -> Vec<u8> {
     let mut out = format!(
-        "Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n\
-         Content-Length: {}\r\n\r\n",
-        BODY.len()
-    )
-    .into_bytes();
-    if !head {
-        out.extend_from_slice(BODY.as_bytes());
-    }
-    out
-}
-
-/// The whole CGI response for a request body over `request_body_max` (`max` bytes),
-/// sent instead of the app's. `head` leaves out the body.
-pub fn too_large_response(max: u64, head: bool) -> Vec<u8> {
-    let body = format!("Content Too Large: the request body exceeds {max} bytes\n");
-    let mut out = format!(
-        "Status: 413 Content Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n\
+        "Status: {status}\r\nContent-Type: text/plain; charset=utf-8\r\n\
          Content-Length: {}\r\n\r\n",
         body.len()
     )
@@ -187,6 +170,19 @@ pub fn too_large_response(max: u64, head: bool) -> Vec<u8> {
         out.extend_from_slice(body.as_bytes());
     }
     out
+}
+
+/// The response sent when the app failed before anything was sent. The body is short on
+/// purpose: the details go to the error log, not to the client.
+pub fn internal_error_response(head: bool) -> Vec<u8> {
+    text_response("500 Internal Server Error", "Internal Server Error\n", head)
+}
+
+/// The response for a request body over `request_body_max` (`max` bytes), sent instead
+/// of the app's.
+pub fn too_large_response(max: u64, head: bool) -> Vec<u8> {
+    let body = format!("Content Too Large: the request body exceeds {max} bytes\n");
+    text_response("413 Content Too Large", &body, head)
 }
 
 /// The path part of a REQUEST_URI: without the query string or fragment, and without

@@ -9,20 +9,12 @@
 //! connection as SCM_RIGHTS. The manager watches parked connections and, when one
 //! becomes readable, passes it on DISPATCH, where any idle worker of the pool takes it.
 //!
-//! Message format (both directions): one marker byte, then the bytes already read from
-//! the connection and not yet decoded (normally none), with exactly one fd attached.
+//! The message format (both directions) is [`pyfpm_ipc::handoff`]'s.
 
-use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
-use std::io::{self, IoSlice, IoSliceMut};
+use pyfpm_ipc::handoff::{self, Received};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-
-/// First byte of every message: a message of zero bytes would read like end of file.
-const MARKER: u8 = b'P';
-
-/// Largest payload (bytes buffered from the connection) a message carries; the manager
-/// sends no more.
-pub const MAX_PAYLOAD: usize = 64 * 1024;
 
 /// The worker's ends of its pool's PARK and DISPATCH socketpairs.
 #[derive(Debug)]
@@ -103,37 +95,26 @@ impl Parking {
             .park
             .as_ref()
             .ok_or_else(|| io::Error::other("parking is disabled"))?;
-        let marker = [MARKER];
-        let iov = [IoSlice::new(&marker), IoSlice::new(buffered)];
-        let fds = [conn];
-        let cmsg = [ControlMessage::ScmRights(&fds)];
-        loop {
-            match sendmsg::<()>(park.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None) {
-                Ok(_) => return Ok(()),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        handoff::send(park.as_raw_fd(), conn, buffered, false).map_err(io::Error::from)
     }
 
     /// Take one dispatched connection, without waiting: `None` when another worker got
     /// it first (or nothing is queued).
     pub fn take(&self) -> Option<(OwnedFd, Vec<u8>)> {
         let dispatch = self.dispatch.as_ref()?;
-        let mut buf = vec![0u8; MAX_PAYLOAD + 1];
-        let mut space = nix::cmsg_space!([RawFd; 4]);
         loop {
-            let mut iov = [IoSliceMut::new(&mut buf)];
-            let got = recvmsg::<()>(
-                dispatch.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
-            );
-            let msg = match got {
-                Ok(msg) => msg,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(nix::errno::Errno::EAGAIN) => return None,
+            match handoff::receive(dispatch.as_raw_fd()) {
+                Ok(Received::Conn(conn, bytes)) => return Some((conn, bytes)),
+                Ok(Received::WouldBlock) => return None,
+                Ok(Received::Closed) => {
+                    // The manager closed its end.
+                    self.dispatch_open.store(false, Ordering::Relaxed);
+                    return None;
+                }
+                Ok(Received::Malformed) => crate::log::log(
+                    crate::log::Level::Warning,
+                    "malformed message on the dispatch socket ignored".to_string(),
+                ),
                 Err(e) => {
                     crate::log::log(
                         crate::log::Level::Warning,
@@ -141,38 +122,7 @@ impl Parking {
                     );
                     return None;
                 }
-            };
-            let len = msg.bytes;
-            let mut fds: Vec<OwnedFd> = Vec::new();
-            if let Ok(cmsgs) = msg.cmsgs() {
-                for c in cmsgs {
-                    if let ControlMessageOwned::ScmRights(received) = c {
-                        // SAFETY: SCM_RIGHTS installed these fds in this process just
-                        // now; nothing else owns them.
-                        fds.extend(
-                            received
-                                .into_iter()
-                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                        );
-                    }
-                }
             }
-            if len == 0 && fds.is_empty() {
-                // End of file: the manager closed its end.
-                self.dispatch_open.store(false, Ordering::Relaxed);
-                return None;
-            }
-            let mut fds = fds.into_iter();
-            let (Some(conn), true) = (fds.next(), buf.first() == Some(&MARKER)) else {
-                crate::log::log(
-                    crate::log::Level::Warning,
-                    "malformed message on the dispatch socket ignored".to_string(),
-                );
-                continue; // extra fds are closed on drop
-            };
-            buf.truncate(len);
-            buf.remove(0);
-            return Some((conn, buf));
         }
     }
 }

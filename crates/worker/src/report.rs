@@ -158,17 +158,7 @@ pub fn timeout_body(timeout: Duration) -> String {
 
 /// The whole CGI response (headers and, unless HEAD, body) for a timed-out request.
 pub fn gateway_timeout_response(timeout: Duration, head: bool) -> Vec<u8> {
-    let body = timeout_body(timeout);
-    let mut out = format!(
-        "Status: 504 Gateway Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n\
-         Content-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if !head {
-        out.extend_from_slice(body.as_bytes());
-    }
-    out
+    crate::http::text_response("504 Gateway Timeout", &timeout_body(timeout), head)
 }
 
 #[cfg(test)]
