@@ -14,41 +14,9 @@ cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
 section() { printf '\n==> %s\n' "$*" >&2; }
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
-# apt-get install "$@" with a policy-rc.d that exits 101 in place, so that maintainer
-# scripts start no services (no system nginx on port 80, no system php-fpm). An existing
-# policy is put back. `apt-get update` runs once per script run.
-apt_updated=""
-apt_install_no_services() {
-    local policy=/usr/sbin/policy-rc.d
-    local backup=""
-    if [ -e "$policy" ]; then
-        backup="$(mktemp /tmp/policy-rc.d.XXXXXX)"
-        as_root cp -p "$policy" "$backup"
-    fi
-    restore_policy() {
-        if [ -n "$backup" ]; then
-            as_root cp -p "$backup" "$policy"
-            rm -f "$backup"
-        else
-            as_root rm -f "$policy"
-        fi
-    }
-    trap restore_policy EXIT
-    printf '#!/bin/sh\n# Temporary, from pyfpm benches/run.sh: start no services.\nexit 101\n' |
-        as_root tee "$policy" >/dev/null
-    as_root chmod 0755 "$policy"
-    if [ -z "$apt_updated" ]; then
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get update
-        apt_updated=1
-    fi
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
-    restore_policy
-    trap - EXIT
-}
+# as_root, apt_install_no_services
+# shellcheck source=tests/apt.sh
+. tests/apt.sh
 
 have() {
     command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]
