@@ -6,12 +6,11 @@
 
 mod common;
 
-use bytes::BytesMut;
-use common::fcgi::{Addr, CgiResponseExt as _, Conn, Request, ResponseExt as _};
+use common::fcgi::{self, Addr, CgiResponseExt as _, Conn, Request, ResponseExt as _};
 use common::http::Client;
 use common::nginx::Nginx;
 use common::{Pool, Pyfpm, TestEnv, json_pid, log_pids, start_quiet, write_config_pm};
-use fastcgi::{ClientEvent, encode_get_values, values};
+use fastcgi::values;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -258,20 +257,11 @@ fn get_values_counts_parked_connections() {
     let (pool, addr) = echo_pool(&env, 3);
     let _p = start(&env, pool, "static");
     let mut c = Conn::connect(&addr).unwrap();
-    let mut out = BytesMut::new();
-    encode_get_values(&mut out, [values::FCGI_MAX_CONNS, values::FCGI_MAX_REQS]);
-    c.send(&out).unwrap();
-    match c.next_event().unwrap() {
-        Some(ClientEvent::GetValuesResult { values: v }) => {
-            let get = |n: &[u8]| {
-                v.iter()
-                    .find(|(k, _)| k.as_ref() == n)
-                    .map(|(_, x)| String::from_utf8_lossy(x).into_owned())
-            };
-            let conns = (3 + MAX_PARKED).to_string();
-            assert_eq!(get(values::FCGI_MAX_CONNS).as_deref(), Some(conns.as_str()));
-            assert_eq!(get(values::FCGI_MAX_REQS).as_deref(), Some("3"));
-        }
-        other => panic!("expected GET_VALUES_RESULT, got {other:?}"),
-    }
+    let v = c.get_values(&[values::FCGI_MAX_CONNS, values::FCGI_MAX_REQS]);
+    let conns = (3 + MAX_PARKED).to_string();
+    assert_eq!(
+        fcgi::value(&v, values::FCGI_MAX_CONNS),
+        Some(conns.as_str())
+    );
+    assert_eq!(fcgi::value(&v, values::FCGI_MAX_REQS), Some("3"));
 }

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::notify::NotifySocket;
+
 use common::fcgi::{Addr, ResponseExt};
 use common::nginx::Nginx;
 use common::{
@@ -448,44 +450,6 @@ fn wrk_output_is_parsed() {
     );
 }
 
-/// Collects the datagrams pyfpm sends to a `NOTIFY_SOCKET` (playing systemd).
-struct Notify {
-    messages: std::sync::Arc<Mutex<Vec<String>>>,
-}
-
-impl Notify {
-    fn bind(path: &Path) -> Notify {
-        let socket = std::os::unix::net::UnixDatagram::bind(path).expect("bind NOTIFY_SOCKET");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let messages = std::sync::Arc::new(Mutex::new(Vec::new()));
-        let sink = std::sync::Arc::downgrade(&messages);
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 4096];
-            while let Some(sink) = sink.upgrade() {
-                if let Ok(n) = socket.recv(&mut buf) {
-                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    sink.lock().unwrap().push(text);
-                }
-            }
-        });
-        Notify { messages }
-    }
-
-    /// The first line of every message that is READY=1 or RELOADING=1, in order.
-    fn states(&self) -> Vec<String> {
-        self.messages
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|m| m.lines().next())
-            .filter(|l| *l == "READY=1" || *l == "RELOADING=1")
-            .map(str::to_string)
-            .collect()
-    }
-}
-
 fn wait_file_contains(path: &Path, needle: &str) -> String {
     let mut text = String::new();
     let found = wait_until(RELOAD_WITHIN, || {
@@ -504,7 +468,7 @@ fn wait_file_contains(path: &Path, needle: &str) -> String {
 fn systemd_hears_reloading_then_ready_and_global_settings_follow_the_config() {
     let env = TestEnv::new();
     let notify_path = env.file("notify.sock");
-    let notify = Notify::bind(&notify_path);
+    let notify = NotifySocket::bind(&notify_path);
     let (listen, addr) = unix(&env, "www.sock");
     let pool = echo_pool(&env, "www", &listen, 1, "1");
     let (pid1, log1) = (env.file("one.pid"), env.file("one.log"));

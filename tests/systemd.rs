@@ -5,64 +5,15 @@
 mod common;
 
 use common::fcgi::{self, Addr, CgiResponseExt as _, Request};
+use common::notify::NotifySocket;
 use common::{Pool, Pyfpm, TestEnv, wait_until};
 use nix::sys::signal::Signal;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// Plays systemd's notification socket: every datagram, in arrival order.
-struct NotifySocket {
-    messages: Arc<Mutex<Vec<String>>>,
-}
-
-impl NotifySocket {
-    /// Bind `path` and collect what arrives until the test ends.
-    fn bind(path: &Path) -> NotifySocket {
-        let socket = UnixDatagram::bind(path).expect("bind the notification socket");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let messages = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::downgrade(&messages);
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 4096];
-            // Ends when the test drops its NotifySocket.
-            while let Some(sink) = sink.upgrade() {
-                if let Ok(n) = socket.recv(&mut buf) {
-                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    sink.lock().unwrap().push(text);
-                }
-            }
-        });
-        NotifySocket { messages }
-    }
-
-    fn all(&self) -> Vec<String> {
-        self.messages.lock().unwrap().clone()
-    }
-
-    /// Wait (bounded) for a message containing the assignment `line`; returns its index.
-    fn wait_for(&self, line: &str, p: &mut Pyfpm) -> usize {
-        let mut found = None;
-        let ok = wait_until(Duration::from_secs(30), || {
-            found = self.all().iter().position(|m| m.lines().any(|l| l == line));
-            found.is_some() || p.try_exit().is_some()
-        });
-        match found {
-            Some(i) if ok => i,
-            _ => panic!(
-                "no {line:?} from pyfpm; messages so far: {:?}\nlog:\n{}",
-                self.all(),
-                p.log_text()
-            ),
-        }
-    }
-}
 
 /// The value of `KEY=` in a message.
 fn field<'a>(message: &'a str, key: &str) -> Option<&'a str> {

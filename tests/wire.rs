@@ -8,7 +8,7 @@ use common::fcgi::{self, Addr, CgiResponseExt as _, Conn, Request, ResponseExt a
 use common::{Pool, Pyfpm, TestEnv, crc32, free_port, latin1, test_bytes};
 use fastcgi::{
     ClientEvent, ProtocolStatus, RecordType, Role, encode_begin_request, encode_end_of_stream,
-    encode_get_values, encode_record, encode_stream, values,
+    encode_record, encode_stream, values,
 };
 use serde_json::Value;
 use std::time::Duration;
@@ -554,34 +554,23 @@ fn get_values_is_answered_truthfully() {
     let s = serve_with("echo:application", 2, &[]);
     for addr in &s.addrs {
         let mut c = Conn::connect(addr).unwrap();
-        let mut out = BytesMut::new();
-        encode_get_values(
-            &mut out,
-            [
-                values::FCGI_MAX_CONNS,
-                values::FCGI_MAX_REQS,
-                values::FCGI_MPXS_CONNS,
-            ],
+        let v = c.get_values(&[
+            values::FCGI_MAX_CONNS,
+            values::FCGI_MAX_REQS,
+            values::FCGI_MPXS_CONNS,
+        ]);
+        assert_eq!(
+            fcgi::value(&v, values::FCGI_MPXS_CONNS),
+            Some("0"),
+            "{addr}"
         );
-        c.send(&out).unwrap();
-        match c.next_event().unwrap() {
-            Some(ClientEvent::GetValuesResult { values: v }) => {
-                let get = |n: &[u8]| {
-                    v.iter()
-                        .find(|(k, _)| k.as_ref() == n)
-                        .map(|(_, x)| String::from_utf8_lossy(x).into_owned())
-                };
-                assert_eq!(get(values::FCGI_MPXS_CONNS).as_deref(), Some("0"), "{addr}");
-                // Two workers plus the manager's parking capacity (pyfpm::manager::parking).
-                assert_eq!(
-                    get(values::FCGI_MAX_CONNS).as_deref(),
-                    Some("4098"),
-                    "{addr}"
-                );
-                assert_eq!(get(values::FCGI_MAX_REQS).as_deref(), Some("2"), "{addr}");
-            }
-            other => panic!("{addr}: expected GET_VALUES_RESULT, got {other:?}"),
-        }
+        // Two workers plus the manager's parking capacity (pyfpm::manager::parking).
+        assert_eq!(
+            fcgi::value(&v, values::FCGI_MAX_CONNS),
+            Some("4098"),
+            "{addr}"
+        );
+        assert_eq!(fcgi::value(&v, values::FCGI_MAX_REQS), Some("2"), "{addr}");
     }
 }
 

@@ -131,6 +131,26 @@ impl Conn {
         std::thread::spawn(move || w.write_all(&bytes))
     }
 
+    /// Ask GET_VALUES for `names`; the answer's variables and values, as text, in the
+    /// order sent. Panics (failing the test) on any other answer.
+    pub fn get_values(&mut self, names: &[&[u8]]) -> Vec<(String, String)> {
+        let mut out = bytes::BytesMut::new();
+        fastcgi::encode_get_values(&mut out, names.iter().copied());
+        self.conn.send(&out).expect("send GET_VALUES");
+        match self.conn.next_event().expect("read GET_VALUES_RESULT") {
+            Some(fastcgi::ClientEvent::GetValuesResult { values }) => values
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        String::from_utf8_lossy(k).into_owned(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    )
+                })
+                .collect(),
+            other => panic!("expected GET_VALUES_RESULT, got {other:?}"),
+        }
+    }
+
     /// Close our writing side.
     pub fn shutdown_write(&mut self) {
         let _ = self.conn.stream().shutdown(Shutdown::Write);
@@ -190,4 +210,12 @@ pub fn request_raw(addr: &Addr, req: &Request) -> Response {
     let mut c = Conn::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
     c.request(req)
         .unwrap_or_else(|e| panic!("request to {addr}: {e}"))
+}
+
+/// The value of `name` in a [`Conn::get_values`] answer.
+pub fn value<'a>(values: &'a [(String, String)], name: &[u8]) -> Option<&'a str> {
+    values
+        .iter()
+        .find(|(k, _)| k.as_bytes() == name)
+        .map(|(_, v)| v.as_str())
 }

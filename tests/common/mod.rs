@@ -10,6 +10,7 @@
 pub mod fcgi;
 pub mod http;
 pub mod nginx;
+pub mod notify;
 
 use fcgi::{Addr, Request};
 use nix::sys::signal::{Signal, kill};
