@@ -171,6 +171,42 @@ fn sixty_four_idle_connections_in_front_of_four_workers() {
 }
 
 #[test]
+fn threaded_workers_behind_nginx_keep_alive_serve_every_request() {
+    // Two workers of four threads behind nginx with keep-alive: idle kept connections
+    // are parked by whichever thread holds them, GETs and POSTs all succeed, and a
+    // second nginx without keep-alive is not starved.
+    let env = TestEnv::new();
+    let (pool, addr) = echo_pool(&env, 2);
+    let sock = match &addr {
+        Addr::Unix(p) => p.display().to_string(),
+        Addr::Tcp(_) => unreachable!(),
+    };
+    let _p = start(&env, pool.with("threads: 4"), "static");
+    let a = Nginx::builder(&format!("unix:{sock}"))
+        .keepalive(Some(32))
+        .start(&env);
+    let bad = load(a.port, 16, 20, "");
+    assert!(
+        bad.is_empty(),
+        "nginx A (keep-alive) failed requests: {bad:?}"
+    );
+    let env_b = TestEnv::new();
+    let b = Nginx::builder(&format!("unix:{sock}")).start(&env_b);
+    let port_b = b.port;
+    let bad =
+        bounded(Duration::from_secs(30), move || load(port_b, 4, 10, "")).unwrap_or_else(|| {
+            panic!(
+                "nginx B did not get its answers within 30 s; its error log:\n{}",
+                b.error_log()
+            )
+        });
+    assert!(bad.is_empty(), "nginx B: {bad:?}");
+    let bad = load(a.port, 8, 10, "");
+    assert!(bad.is_empty(), "nginx A after B: {bad:?}");
+    assert_eq!(reset_lines(&a), Vec::<String>::new());
+}
+
+#[test]
 fn recycling_under_keep_alive_load_resets_no_connection() {
     let env = TestEnv::new();
     let (pool, addr) = echo_pool(&env, 2);

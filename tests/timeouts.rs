@@ -121,6 +121,44 @@ fn busy_python_loop_gets_504() {
 }
 
 #[test]
+fn with_threads_each_timed_out_request_gets_504_on_its_own_thread() {
+    // Two busy requests at once on a worker of two threads: one runs on the main thread
+    // (stopped by the chained signal handler), the other on a second thread (stopped
+    // with an asynchronous exception). Both must get their 504, the worker survives.
+    let env = TestEnv::new();
+    let (p, addr) = start(&env, "busy:application", 1, &["threads: 2"]);
+    let (_, v) = get_json(&addr, "/");
+    let worker = json_pid(&v);
+    let clients: Vec<_> = (0..2)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || timed(&addr, &format!("/spin{i}?s=30")))
+        })
+        .collect();
+    for client in clients {
+        let (r, took) = client.join().unwrap();
+        assert_gateway_timeout(&r, took, &p.log_text());
+    }
+    // Each request's record is logged once its thread has stopped: wait for both.
+    let mut log = String::new();
+    let both = wait_until(Duration::from_secs(10), || {
+        log = p.log_text();
+        (0..2).all(|i| {
+            log.lines().any(|l| {
+                l.contains("stopped by request_terminate_timeout")
+                    && l.contains(&format!("/spin{i}"))
+            })
+        })
+    });
+    assert!(both, "a timed-out request is missing from the log:\n{log}");
+    assert_eq!(
+        assert_serves_again(&p, &addr),
+        worker,
+        "the worker was replaced; the timeouts should have stopped only the requests"
+    );
+}
+
+#[test]
 fn worker_stuck_in_c_code_is_killed_and_replaced() {
     let env = TestEnv::new();
     let (p, addr) = start(&env, "cblock:application", 1, &[]);

@@ -198,7 +198,8 @@ impl PoolSpawner<'_> {
                 } else {
                     0
                 },
-            fcgi_max_reqs: pool.max_children,
+            fcgi_max_reqs: pool.max_children.saturating_mul(pool.threads),
+            threads: pool.threads,
             park_fd: self.parking.map_or(-1, |p| p.0),
             dispatch_fd: self.parking.map_or(-1, |p| p.1),
             request_params_max: pool.request_params_max,
@@ -435,6 +436,7 @@ sys.exit(7)
             group: None,
             pm: pyfpm_config::PmMode::Static,
             max_children: 3,
+            threads: 1,
             app: "app:application".into(),
             python: interpreter.clone(),
             virtualenv: Some(venv.clone()),

@@ -22,6 +22,7 @@ pub(crate) fn pool_config(name: &str, listen: Vec<ListenAddr>) -> PoolConfig {
         group: None,
         pm: PmMode::Static,
         max_children: 1,
+        threads: 1,
         app: "app:application".into(),
         python: "python3".into(),
         virtualenv: None,

@@ -306,8 +306,23 @@ pub const DIRECTIVES: &[Directive] = &[
         },
         default: DefaultValue::Required,
         doc: "static: the number of workers; dynamic and ondemand: the most workers at \
-              once. Each serves one request at a time, so this is also the number of \
-              requests the pool serves at once.",
+              once. Each serves threads requests at a time (one by default), so the pool \
+              serves pm.max_children x threads requests at once.",
+    },
+    Directive {
+        name: "threads",
+        scope: Scope::Pool,
+        kind: Kind::Int { min: 1, max: 256 },
+        default: DefaultValue::Value("1"),
+        doc: "Request threads in each worker. With 1 (the default) a worker serves one \
+              request at a time, like a PHP-FPM child. With N a worker serves up to N \
+              requests at once, each thread attached to the interpreter for its whole \
+              life and detached around every blocking read and write, so apps that \
+              wait on I/O (databases, HTTP calls) scale with N while CPU-bound code \
+              still runs one thread at a time (the GIL). With N > 1 the pool also \
+              multiplexes: FCGI_MPXS_CONNS is 1 and a web server may interleave up to \
+              N requests on one connection. A worker counts as busy for pm while any \
+              of its threads serves a request.",
     },
     Directive {
         name: "pm.start_servers",

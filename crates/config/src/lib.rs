@@ -295,6 +295,8 @@ pub struct PoolConfig {
     pub pm: PmMode,
     /// Number of workers (static), or the most workers at once (dynamic, ondemand).
     pub max_children: u32,
+    /// `threads`: request threads per worker (1 = one request at a time).
+    pub threads: u32,
     /// WSGI app, `module:callable`.
     pub app: String,
     /// The interpreter to run: resolved from `python`, `virtualenv` or `python3` on PATH.

@@ -652,6 +652,9 @@ impl Loader<'_> {
                 values::parse_int(s, 1, 100_000).map(|n| n as u32)
             })
             .unwrap_or(1);
+        let threads = self.or_default(src, &map, "threads", |s| {
+            values::parse_int(s, 1, 256).map(|n| n as u32)
+        });
         let pm = self.pm(src, &map, name, name_pos, max_children);
         let limits = self.limits(src, &map, name_pos, max_children);
         let app = self
@@ -714,6 +717,7 @@ impl Loader<'_> {
             group,
             pm,
             max_children,
+            threads,
             app,
             python,
             virtualenv,

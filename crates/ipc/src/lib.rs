@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Bumped whenever [`WorkerSpec`] or the control messages change shape.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The version of the pyfpm build. Manager and worker module must carry the same one.
 pub const BUILD_ID: &str = env!("CARGO_PKG_VERSION");
@@ -31,7 +31,7 @@ pub const BUILD_MARKER_PREFIX: &str = "pyfpm-worker-build=";
 pub const BUILD_MARKER: &str = concat!(
     "pyfpm-worker-build=",
     env!("CARGO_PKG_VERSION"),
-    "/protocol=4"
+    "/protocol=5"
 );
 
 /// Environment variable holding the JSON-encoded [`WorkerSpec`].
@@ -127,8 +127,11 @@ pub struct WorkerSpec {
     /// holds at once (its workers plus the manager's parked idle connections).
     pub fcgi_max_conns: u32,
     /// FCGI_MAX_REQS to report to GET_VALUES: how many requests the whole pool serves
-    /// at once (its worker count, one request each).
+    /// at once (its worker count times `threads`).
     pub fcgi_max_reqs: u32,
+    /// Request threads in this worker (`threads`, at least 1). With more than one the
+    /// worker multiplexes (FCGI_MPXS_CONNS=1): up to this many requests per connection.
+    pub threads: u32,
     /// Send end of the pool's PARK socketpair (SOCK_SEQPACKET, shared by the pool's
     /// workers; `-1` = no parking): an idle kept-alive connection is handed to the
     /// manager as one message, payload = a marker byte then the bytes already read from
@@ -206,6 +209,7 @@ mod tests {
             control_fd: 7,
             fcgi_max_conns: 4100,
             fcgi_max_reqs: 4,
+            threads: 1,
             park_fd: 9,
             dispatch_fd: 10,
             request_params_max: 1 << 20,

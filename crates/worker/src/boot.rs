@@ -7,6 +7,7 @@ use crate::log::{Level, log};
 use crate::monitor::{Limits, Monitor};
 use crate::serve::{Stop, Worker};
 use crate::watchdog::Watchdog;
+use crate::watcher::{ReadyQueue, Watcher};
 use crate::wsgi::{file_wrapper::FileWrapper, format_traceback};
 use pyfpm_ipc::{BUILD_ID, ListenerFd, PROTOCOL_VERSION, SPEC_ENV, WorkerSpec, control, exit};
 use pyo3::prelude::*;
@@ -321,10 +322,22 @@ pub fn boot(py: Python<'_>) -> Result<Worker, BootError> {
             max_requests: spec.max_requests,
             max_memory: spec.max_memory,
         },
+        spec.threads.max(1) as usize,
     );
-    monitor.state(SlotState::Idle);
+    monitor.state(0, SlotState::Idle);
+    let ready = if spec.threads > 1 {
+        Some(Arc::new(ReadyQueue::new().map_err(|e| {
+            boot_error(format!("cannot create the ready queue: {e}"))
+        })?))
+    } else {
+        None
+    };
+    let watcher = Watcher::start(ready.clone())
+        .map_err(|e| boot_error(format!("cannot start the connection watcher: {e}")))?;
     Ok(Worker {
         monitor,
+        watcher,
+        ready,
         spec,
         app: app.unbind(),
         file_wrapper,

@@ -1,12 +1,20 @@
-//! One accepted FastCGI connection: the socket, the codec state, the request being
-//! served and its response state.
+//! One accepted FastCGI connection: the socket, the codec state, the requests being
+//! received or served on it and their response state.
 //!
-//! A [`Conn`] is shared (as [`Shared`]) between the connection driver and the Python
-//! objects of the current request (`wsgi.input`, `wsgi.errors`, `start_response`,
-//! `write`), because `wsgi.input` pulls FCGI_STDIN from the socket while the app runs.
-//! Locking rule that keeps this deadlock-free: **the mutex is never held while calling
-//! into Python or attaching to it**, and Python-facing code takes it only inside
-//! `py.detach` (so a thread waiting for it never holds the GIL).
+//! A [`Conn`] is shared (as [`Shared`]) between the thread driving the connection, the
+//! threads serving its requests (one unless the worker multiplexes), the Python objects
+//! of each request (`wsgi.input`, `wsgi.errors`, `start_response`, `write`), and the
+//! worker's connection watcher ([`crate::watcher`]). Locking rules that keep this
+//! deadlock-free: **the mutex is never held while calling into Python or attaching to
+//! it**, and Python-facing code takes it only inside `py.detach` (so a thread waiting
+//! for it never holds the GIL).
+//!
+//! Reading is done by one thread at a time, which holds the *read token* (`reading`):
+//! it takes the codec's read buffer out, releases the mutex for the blocking `recv`,
+//! then decodes under the mutex and wakes the threads waiting for input of their own
+//! request. So a thread waiting for its request's body never stops another request of
+//! the same connection from writing its response. Writes happen under the mutex, each
+//! one whole records, so records of concurrent requests never interleave mid-record.
 //!
 //! Everything here is plain Rust: blocking socket I/O (the caller releases the GIL),
 //! codec events, and the encoding of STDOUT/STDERR/END_REQUEST records.
@@ -20,17 +28,45 @@ use fastcgi::{
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-/// A connection shared between the driver and the request's Python objects.
-pub type Shared = Arc<Mutex<Conn>>;
+/// A connection and the condition variable its readers signal.
+#[derive(Debug)]
+pub struct ConnCell {
+    conn: Mutex<Conn>,
+    /// Signalled when the read token is released (new events were decoded, or the
+    /// connection failed): threads waiting for input of their own request re-check.
+    input: Condvar,
+}
+
+/// A connection shared between its driver, its requests' threads and Python objects,
+/// and the watcher.
+pub type Shared = Arc<ConnCell>;
+
+/// Wrap a connection for sharing.
+pub fn share(conn: Conn) -> Shared {
+    Arc::new(ConnCell {
+        conn: Mutex::new(conn),
+        input: Condvar::new(),
+    })
+}
 
 /// Lock a shared connection. A panic while it was locked cannot leave it in a state
 /// worse than "broken", which every operation already handles, so poisoning is ignored.
 pub fn lock(shared: &Shared) -> MutexGuard<'_, Conn> {
     shared
+        .conn
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Lock a shared connection if nobody holds it (the watcher never waits for a lock).
+pub fn try_lock(shared: &Shared) -> Option<MutexGuard<'_, Conn>> {
+    match shared.conn.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
 }
 
 /// Bytes read from the socket per `recv` call at most.
@@ -63,15 +99,18 @@ impl Socket {
         Socket { fd }
     }
 
-    /// Read once into the spare capacity of `buf`; `Ok(0)` is end of file.
-    fn recv_into(&self, buf: &mut BytesMut) -> io::Result<usize> {
+    /// Read once into the spare capacity of `buf`; `Ok(0)` is end of file. With
+    /// `nonblocking`, nothing to read is a `WouldBlock` error.
+    fn recv_into(&self, buf: &mut BytesMut, nonblocking: bool) -> io::Result<usize> {
+        let flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
         buf.reserve(READ_CHUNK);
         let spare = buf.spare_capacity_mut();
         let len = spare.len().min(READ_CHUNK);
         loop {
             // SAFETY: `spare` is writable memory of at least `len` bytes owned by `buf`;
             // recv writes at most `len` bytes into it.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), spare.as_mut_ptr().cast(), len, 0) };
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), spare.as_mut_ptr().cast(), len, flags) };
             if n >= 0 {
                 let n = n as usize;
                 // SAFETY: recv initialised the first `n` bytes of the spare capacity.
@@ -96,7 +135,11 @@ impl Socket {
         if unsafe { libc::poll(&mut p, 1, 0) } <= 0 || p.revents == 0 {
             return Ok(None);
         }
-        self.recv_into(buf).map(Some)
+        match self.recv_into(buf, true) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Write all of `data`. MSG_NOSIGNAL: a peer that went away is an EPIPE error here,
@@ -223,11 +266,16 @@ pub struct Response {
     pub head: bool,
 }
 
-/// The request currently received or served on a connection (one at a time).
+/// A request received or served on a connection.
 #[derive(Debug)]
 pub struct Request {
     /// FastCGI request id.
     pub id: u16,
+    /// Unique (per connection) and never reused: the request's Python objects hold it,
+    /// and become inert once no request of the connection has it any more.
+    pub token: u64,
+    /// A thread took it to serve (or queued it for one): nobody else may.
+    claimed: bool,
     /// The role from BEGIN_REQUEST.
     pub role: Role,
     /// FCGI_KEEP_CONN: serve more requests on this connection afterwards.
@@ -259,9 +307,11 @@ pub struct Request {
 }
 
 impl Request {
-    fn new(id: u16, role: Role, keep_conn: bool) -> Self {
+    fn new(id: u16, token: u64, role: Role, keep_conn: bool) -> Self {
         Request {
             id,
+            token,
+            claimed: false,
             role,
             keep_conn,
             params: None,
@@ -298,16 +348,19 @@ pub enum InputStream {
 pub struct Capacity {
     /// FCGI_MAX_CONNS: connections the pool holds at once (workers plus parked ones).
     pub max_conns: u32,
-    /// FCGI_MAX_REQS: requests the pool serves at once (one per worker).
+    /// FCGI_MAX_REQS: requests the pool serves at once (workers times threads).
     pub max_reqs: u32,
+    /// FCGI_MPXS_CONNS: the worker serves several requests of one connection at once.
+    pub mpxs_conns: bool,
 }
 
 /// One accepted connection.
 #[derive(Debug)]
 pub struct Conn {
     /// The socket; `None` once closed (Python objects may outlive the connection, and
-    /// must not keep the socket open).
-    sock: Option<Socket>,
+    /// must not keep the socket open). Shared only with the thread holding the read
+    /// token, for the duration of one `recv`.
+    sock: Option<Arc<Socket>>,
     /// The peer, for log lines (`127.0.0.1:41234`, or `unix:/run/www.sock`).
     pub peer: String,
     /// Codec state machine.
@@ -316,11 +369,21 @@ pub struct Conn {
     out: BytesMut,
     /// Answers for GET_VALUES.
     capacity: Capacity,
-    /// The request being received or served.
-    pub req: Option<Request>,
-    /// Increments whenever a request ends; Python objects remember the value of their
-    /// request and become inert once it changes.
-    seq: u64,
+    /// The requests being received or served (at most one unless the worker
+    /// multiplexes; the codec refuses more than its `max_active_requests`).
+    reqs: Vec<Request>,
+    /// The token of the next request.
+    next_token: u64,
+    /// A thread holds the read token: the codec's read buffer is out with it.
+    reading: bool,
+    /// Threads waiting on [`ConnCell::input`] for the read token's release.
+    waiters: usize,
+    /// A thread is driving the connection (waiting for its next request). When none is
+    /// and requests are in service, the watcher reads for it.
+    pub driver: bool,
+    /// A request without FCGI_KEEP_CONN ended while others were still in service: close
+    /// once they are done.
+    close_when_idle: bool,
     /// The first fatal failure; once set every socket operation fails with it.
     failure: Option<ConnError>,
     /// The peer closed its sending side while a response was being written (seen by
@@ -341,13 +404,17 @@ impl Conn {
     /// Wrap an accepted socket.
     pub fn new(sock: Socket, peer: String, config: ServerConfig, capacity: Capacity) -> Self {
         Conn {
-            sock: Some(sock),
+            sock: Some(Arc::new(sock)),
             peer,
             codec: ServerConnection::new(config),
             out: BytesMut::with_capacity(16 * 1024),
             capacity,
-            req: None,
-            seq: 0,
+            reqs: Vec::with_capacity(1),
+            next_token: 1,
+            reading: false,
+            waiters: 0,
+            driver: true,
+            close_when_idle: false,
             failure: None,
             peer_eof: false,
             body_max: 0,
@@ -405,9 +472,35 @@ impl Conn {
         self.sock.as_ref().map(|s| s.fd.as_raw_fd())
     }
 
-    /// The current request sequence number (see the `seq` field).
-    pub fn seq(&self) -> u64 {
-        self.seq
+    /// The request whose token is `token`, if it is still in service.
+    pub fn request(&self, token: u64) -> Option<&Request> {
+        self.reqs.iter().find(|r| r.token == token)
+    }
+
+    /// A request is arriving: begun, its params not complete yet.
+    pub fn receiving(&self) -> bool {
+        self.reqs.iter().any(|r| r.params.is_none())
+    }
+
+    /// No request is being received or served.
+    pub fn is_idle(&self) -> bool {
+        self.reqs.is_empty()
+    }
+
+    /// The connection was closed (or failed for good).
+    pub fn is_closed(&self) -> bool {
+        self.sock.is_none()
+    }
+
+    /// Claim the first request whose params are complete and that no thread took yet;
+    /// its token.
+    pub fn claim_ready(&mut self) -> Option<u64> {
+        let req = self
+            .reqs
+            .iter_mut()
+            .find(|r| !r.claimed && r.params.is_some())?;
+        req.claimed = true;
+        Some(req.token)
     }
 
     /// The first fatal failure, if any.
@@ -420,15 +513,23 @@ impl Conn {
         self.failure.get_or_insert(err).clone()
     }
 
-    /// Close the socket now. Later operations fail with [`ConnError::Closed`].
+    /// Close the socket now. Later operations fail with [`ConnError::Closed`]; every
+    /// request's objects become inert.
     pub fn close(&mut self) {
-        self.sock = None;
+        if let Some(sock) = self.sock.take() {
+            if self.reading {
+                // Another thread is blocked in recv on it: wake it (end of file) rather
+                // than leave it waiting for a peer nobody answers any more.
+                // SAFETY: shutdown on a socket that is still open (the reader's Arc).
+                unsafe { libc::shutdown(sock.fd.as_raw_fd(), libc::SHUT_RDWR) };
+            }
+        }
         self.failure.get_or_insert(ConnError::Closed);
-        self.seq += 1;
-        self.req = None;
+        self.reqs.clear();
     }
 
-    /// True when the read buffer holds bytes not yet turned into events.
+    /// True when the read buffer holds bytes not yet turned into events (always false
+    /// while a reader has the buffer).
     pub fn has_buffered_input(&mut self) -> bool {
         !self.codec.read_buf().is_empty()
     }
@@ -445,20 +546,9 @@ impl Conn {
         self.codec.read_buf().split().to_vec()
     }
 
-    /// A request whose params are complete is waiting to be served.
-    pub fn request_ready(&self) -> bool {
-        self.req.as_ref().is_some_and(|r| r.params.is_some())
-    }
-
-    /// Read once from the socket (blocking) and handle every complete event.
-    /// `Ok(false)`: the peer closed the connection on a record boundary with no request
-    /// in progress.
-    pub fn fill(&mut self) -> Result<bool, ConnError> {
-        if let Some(err) = &self.failure {
-            return Err(err.clone());
-        }
-        let sock = self.sock.as_ref().ok_or(ConnError::Closed)?;
-        let n = match sock.recv_into(self.codec.read_buf()) {
+    /// Handle what one `recv` returned (`n` bytes, now at the end of the read buffer).
+    fn received(&mut self, got: io::Result<usize>) -> Result<bool, ConnError> {
+        let n = match got {
             Ok(n) => n,
             // SO_RCVTIMEO expired: request_read_timeout.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -467,10 +557,13 @@ impl Conn {
             Err(e) => return Err(self.fail(ConnError::io("reading from the web server", e))),
         };
         if n == 0 {
+            if self.sock.is_none() {
+                return Err(self.fail(ConnError::Closed));
+            }
             if let Err(e) = self.codec.receive_eof() {
                 return Err(self.fail(e.into()));
             }
-            if self.req.is_some() {
+            if !self.reqs.is_empty() {
                 return Err(self.fail(ConnError::ClosedMidRequest));
             }
             return Ok(false);
@@ -482,13 +575,16 @@ impl Conn {
     /// While a response is written: take in whatever the web server already sent
     /// (FCGI_ABORT_REQUEST, GET_VALUES, more body), without blocking, so an abort stops
     /// a streaming response at its next chunk.
-    fn check_incoming(&mut self) -> Result<(), ConnError> {
-        if self.peer_eof || self.failure.is_some() {
+    pub fn check_incoming(&mut self) -> Result<(), ConnError> {
+        if self.peer_eof || self.failure.is_some() || self.reading {
             return Ok(());
         }
-        let queued: usize = self.req.as_ref().map_or(0, |r| {
-            r.stdin.iter().chain(r.data.iter()).map(Bytes::len).sum()
-        });
+        let queued: usize = self
+            .reqs
+            .iter()
+            .flat_map(|r| r.stdin.iter().chain(r.data.iter()))
+            .map(Bytes::len)
+            .sum();
         if queued > CHECK_INCOMING_MAX_QUEUED {
             return Ok(());
         }
@@ -534,7 +630,13 @@ impl Conn {
                     let value: &[u8] = match name.as_ref() {
                         n if n == fcgi::values::FCGI_MAX_CONNS => max.as_bytes(),
                         n if n == fcgi::values::FCGI_MAX_REQS => reqs.as_bytes(),
-                        n if n == fcgi::values::FCGI_MPXS_CONNS => b"0",
+                        n if n == fcgi::values::FCGI_MPXS_CONNS => {
+                            if self.capacity.mpxs_conns {
+                                b"1"
+                            } else {
+                                b"0"
+                            }
+                        }
                         _ => continue,
                     };
                     pairs.push((name.as_ref(), value));
@@ -553,21 +655,21 @@ impl Conn {
                 role,
                 keep_conn,
             } => {
-                // With max_active_requests = 1 the codec rejects a second BEGIN_REQUEST
-                // itself, so a request in progress here cannot happen; ignoring the new
-                // one keeps the current request intact if it ever did.
-                if self.req.is_none() {
-                    self.req = Some(Request::new(request_id, role, keep_conn));
-                }
+                // The codec refuses a BEGIN_REQUEST past max_active_requests or for an
+                // id in use, so this is a new request the worker has room for.
+                let token = self.next_token;
+                self.next_token += 1;
+                self.reqs
+                    .push(Request::new(request_id, token, role, keep_conn));
             }
             Event::Params { request_id, params } => {
-                if let Some(req) = self.req.as_mut().filter(|r| r.id == request_id) {
+                if let Some(req) = self.by_id(request_id) {
                     req.params.get_or_insert(params);
                 }
             }
             Event::Stdin { request_id, data } => {
                 let body_max = self.body_max;
-                if let Some(req) = self.req.as_mut().filter(|r| r.id == request_id) {
+                if let Some(req) = self.by_id(request_id) {
                     req.stdin_received += data.len() as u64;
                     if body_max != 0 && req.stdin_received > body_max && !req.too_large {
                         // Past the limit nothing is kept: the rest is only drained.
@@ -582,7 +684,7 @@ impl Conn {
                 }
             }
             Event::Data { request_id, data } => {
-                if let Some(req) = self.req.as_mut().filter(|r| r.id == request_id) {
+                if let Some(req) = self.by_id(request_id) {
                     if data.is_empty() {
                         req.data_done = true;
                     } else if !req.data_done {
@@ -591,7 +693,7 @@ impl Conn {
                 }
             }
             Event::AbortRequest { request_id } => {
-                if let Some(req) = self.req.as_mut().filter(|r| r.id == request_id) {
+                if let Some(req) = self.by_id(request_id) {
                     req.aborted = true;
                     req.stdin_done = true;
                     req.stdin.clear();
@@ -620,70 +722,24 @@ impl Conn {
         result.map_err(|e| self.fail(ConnError::io("writing to the web server", e)))
     }
 
-    fn current(&mut self, seq: u64) -> Result<&mut Request, OpError> {
-        if seq != self.seq {
-            return Err(OpError::Finished);
-        }
-        self.req.as_mut().ok_or(OpError::Finished)
+    /// The request in service with FastCGI id `id`.
+    fn by_id(&mut self, id: u16) -> Option<&mut Request> {
+        self.reqs.iter_mut().find(|r| r.id == id)
     }
 
-    /// The app is about to be called: set the body limit and the HEAD flag.
-    pub fn start_app(&mut self, content_length: Option<u64>, head: bool) {
-        if let Some(req) = self.req.as_mut() {
+    fn current(&mut self, token: u64) -> Result<&mut Request, OpError> {
+        self.reqs
+            .iter_mut()
+            .find(|r| r.token == token)
+            .ok_or(OpError::Finished)
+    }
+
+    /// The app is about to be called for request `token`: set its body limit and the
+    /// HEAD flag.
+    pub fn start_app(&mut self, token: u64, content_length: Option<u64>, head: bool) {
+        if let Ok(req) = self.current(token) {
             req.input_remaining = content_length;
             req.response.head = head;
-        }
-    }
-
-    /// Read request body bytes for `wsgi.input`: up to `max` bytes (`None` = all), and
-    /// with `line` stop after the first `\n`. Blocks (the caller released the GIL) until
-    /// that much arrived or the body ended; never past the end of FCGI_STDIN or past
-    /// CONTENT_LENGTH. An empty result means end of body.
-    ///
-    /// `stream` chooses FCGI_STDIN (`wsgi.input`) or FCGI_DATA (`fcgi.data`, which has
-    /// no CONTENT_LENGTH bound: it ends where the stream ends). After
-    /// FCGI_ABORT_REQUEST every read fails with [`OpError::Aborted`], so an app blocked
-    /// waiting for body bytes is woken with an exception rather than a short body.
-    pub fn read_input(
-        &mut self,
-        seq: u64,
-        stream: InputStream,
-        max: Option<usize>,
-        line: bool,
-    ) -> Result<Vec<u8>, OpError> {
-        let mut out = Vec::new();
-        loop {
-            let req = self.current(seq)?;
-            if req.aborted {
-                return Err(OpError::Aborted);
-            }
-            if req.too_large && stream == InputStream::Stdin {
-                return Err(OpError::TooLarge(self.body_max));
-            }
-            let (queue, done, remaining) = match stream {
-                InputStream::Stdin => (&mut req.stdin, req.stdin_done, &mut req.input_remaining),
-                InputStream::Data => (&mut req.data, req.data_done, &mut None),
-            };
-            // `remaining` already accounts for what earlier rounds took; `max` is for
-            // this call as a whole.
-            let mut want = max.map_or(u64::MAX, |m| m.saturating_sub(out.len()) as u64);
-            if let Some(remaining) = *remaining {
-                want = want.min(remaining);
-            }
-            let (taken, found_newline) = take_from_queue(queue, &mut out, want, line);
-            if let Some(remaining) = remaining.as_mut() {
-                *remaining -= taken;
-            }
-            let limit_reached = *remaining == Some(0) || max.is_some_and(|m| out.len() >= m);
-            let empty = queue.is_empty();
-            if found_newline || limit_reached || (empty && done) {
-                return Ok(out);
-            }
-            if empty && !self.fill()? {
-                // EOF with no request is impossible here (`current` found one); `fill`
-                // reports EOF mid-request as an error.
-                return Ok(out);
-            }
         }
     }
 
@@ -872,47 +928,175 @@ impl Conn {
         fcgi::encode_stream(&mut self.out, RecordType::Stderr, id, &text);
         self.flush().map_err(OpError::from)
     }
+}
 
-    /// Read and drop the rest of the request body, so the next request on a kept
-    /// connection starts at a record boundary and a closing socket has no unread data
-    /// (which would make the kernel send a reset and lose the response).
-    pub fn drain_input(&mut self) -> Result<(), ConnError> {
-        loop {
-            let Some(req) = self.req.as_mut() else {
-                return Ok(());
-            };
-            req.stdin.clear();
-            req.data.clear();
-            if req.stdin_done && req.data_done {
-                return Ok(());
-            }
-            if !self.fill()? {
-                return Ok(());
-            }
-        }
+/// Read once from the connection and handle every complete event. `guard` is held on
+/// entry and on return, but released during the `recv`, under the read token (see the
+/// module docs). Returns `Ok(false)` when the peer closed the connection on a record
+/// boundary with no request in service.
+///
+/// When another thread holds the read token, this waits until it has decoded what it
+/// read and returns `Ok(true)` without reading: the caller re-checks what it waits
+/// for. With `nonblocking` (the caller polled the socket), nothing to read is
+/// `Ok(true)` too.
+pub fn fill<'a>(
+    shared: &'a Shared,
+    mut guard: MutexGuard<'a, Conn>,
+    nonblocking: bool,
+) -> (MutexGuard<'a, Conn>, Result<bool, ConnError>) {
+    if let Some(err) = &guard.failure {
+        let err = err.clone();
+        return (guard, Err(err));
     }
+    if guard.reading {
+        guard.waiters += 1;
+        guard = shared
+            .input
+            .wait(guard)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard.waiters -= 1;
+        return (guard, Ok(true));
+    }
+    let Some(sock) = guard.sock.clone() else {
+        return (guard, Err(ConnError::Closed));
+    };
+    guard.reading = true;
+    let mut buf = std::mem::take(guard.codec.read_buf());
+    drop(guard);
+    let got = sock.recv_into(&mut buf, nonblocking);
+    drop(sock);
+    let mut guard = lock(shared);
+    guard.reading = false;
+    *guard.codec.read_buf() = buf;
+    let result = match got {
+        Err(e) if nonblocking && e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+        got => guard.received(got),
+    };
+    if guard.waiters > 0 {
+        shared.input.notify_all();
+    }
+    (guard, result)
+}
 
-    /// Finish the current request: drain its body, close its streams, send END_REQUEST
-    /// (appStatus 0, FCGI_REQUEST_COMPLETE). Returns FCGI_KEEP_CONN.
-    pub fn finish_request(&mut self) -> Result<bool, ConnError> {
-        self.drain_input()?;
-        let Some(mut req) = self.req.take() else {
-            return Ok(false);
+/// Read request body bytes of request `token` for `wsgi.input`: up to `max` bytes
+/// (`None` = all), and with `line` stop after the first `\n`. Blocks (the caller
+/// released the GIL) until that much arrived or the body ended; never past the end of
+/// FCGI_STDIN or past CONTENT_LENGTH. An empty result means end of body.
+///
+/// `stream` chooses FCGI_STDIN (`wsgi.input`) or FCGI_DATA (`fcgi.data`, which has no
+/// CONTENT_LENGTH bound: it ends where the stream ends). After FCGI_ABORT_REQUEST
+/// every read fails with [`OpError::Aborted`], so an app blocked waiting for body bytes
+/// is woken with an exception rather than a short body.
+pub fn read_input(
+    shared: &Shared,
+    token: u64,
+    stream: InputStream,
+    max: Option<usize>,
+    line: bool,
+) -> Result<Vec<u8>, OpError> {
+    let mut out = Vec::new();
+    let mut conn = lock(shared);
+    loop {
+        let body_max = conn.body_max;
+        let req = conn.current(token)?;
+        if req.aborted {
+            return Err(OpError::Aborted);
+        }
+        if req.too_large && stream == InputStream::Stdin {
+            return Err(OpError::TooLarge(body_max));
+        }
+        let (queue, done, remaining) = match stream {
+            InputStream::Stdin => (&mut req.stdin, req.stdin_done, &mut req.input_remaining),
+            InputStream::Data => (&mut req.data, req.data_done, &mut None),
         };
-        self.seq += 1;
-        if !req.stderr_buf.is_empty() && !req.aborted {
-            fcgi::encode_stream(&mut self.out, RecordType::Stderr, req.id, &req.stderr_buf);
-            req.stderr_used = true;
+        // `remaining` already accounts for what earlier rounds took; `max` is for this
+        // call as a whole.
+        let mut want = max.map_or(u64::MAX, |m| m.saturating_sub(out.len()) as u64);
+        if let Some(remaining) = *remaining {
+            want = want.min(remaining);
         }
-        if req.stderr_used {
-            fcgi::encode_end_of_stream(&mut self.out, RecordType::Stderr, req.id);
+        let (taken, found_newline) = take_from_queue(queue, &mut out, want, line);
+        if let Some(remaining) = remaining.as_mut() {
+            *remaining -= taken;
         }
-        fcgi::encode_end_of_stream(&mut self.out, RecordType::Stdout, req.id);
-        fcgi::encode_end_request(&mut self.out, req.id, 0, ProtocolStatus::RequestComplete);
-        self.codec.end_request(req.id);
-        self.flush()?;
-        Ok(req.keep_conn)
+        let limit_reached = *remaining == Some(0) || max.is_some_and(|m| out.len() >= m);
+        let empty = queue.is_empty();
+        if found_newline || limit_reached || (empty && done) {
+            return Ok(out);
+        }
+        if empty {
+            let (guard, filled) = fill(shared, conn, false);
+            conn = guard;
+            if !filled? {
+                // EOF with no request in service is impossible here (`current` found
+                // one); `fill` reports EOF mid-request as an error.
+                return Ok(out);
+            }
+        }
     }
+}
+
+/// Read and drop the rest of request `token`'s body, so the next request on a kept
+/// connection starts at a record boundary and a closing socket has no unread data
+/// (which would make the kernel send a reset and lose the response).
+fn drain_input<'a>(
+    shared: &'a Shared,
+    token: u64,
+) -> (MutexGuard<'a, Conn>, Result<(), ConnError>) {
+    let mut conn = lock(shared);
+    loop {
+        let Ok(req) = conn.current(token) else {
+            return (conn, Ok(()));
+        };
+        req.stdin.clear();
+        req.data.clear();
+        if req.stdin_done && req.data_done {
+            return (conn, Ok(()));
+        }
+        let (guard, filled) = fill(shared, conn, false);
+        conn = guard;
+        match filled {
+            Ok(true) => {}
+            Ok(false) => return (conn, Ok(())),
+            Err(e) => return (conn, Err(e)),
+        }
+    }
+}
+
+/// Finish request `token`: drain its body, close its streams, send END_REQUEST
+/// (appStatus 0, FCGI_REQUEST_COMPLETE). Returns whether the connection stays open:
+/// FCGI_KEEP_CONN was set, or other requests are still in service on it (a request
+/// without FCGI_KEEP_CONN then closes it once they are done). The caller closes it on
+/// `Ok(false)` or an error, with the guard returned.
+pub fn finish_request(
+    shared: &Shared,
+    token: u64,
+) -> (MutexGuard<'_, Conn>, Result<bool, ConnError>) {
+    let (mut conn, drained) = drain_input(shared, token);
+    if let Err(e) = drained {
+        return (conn, Err(e));
+    }
+    let Some(pos) = conn.reqs.iter().position(|r| r.token == token) else {
+        return (conn, Ok(false));
+    };
+    let mut req = conn.reqs.remove(pos);
+    let out = &mut conn.out;
+    if !req.stderr_buf.is_empty() && !req.aborted {
+        fcgi::encode_stream(out, RecordType::Stderr, req.id, &req.stderr_buf);
+        req.stderr_used = true;
+    }
+    if req.stderr_used {
+        fcgi::encode_end_of_stream(out, RecordType::Stderr, req.id);
+    }
+    fcgi::encode_end_of_stream(out, RecordType::Stdout, req.id);
+    fcgi::encode_end_request(out, req.id, 0, ProtocolStatus::RequestComplete);
+    conn.codec.end_request(req.id);
+    if !req.keep_conn {
+        conn.close_when_idle = true;
+    }
+    let keep = !conn.reqs.is_empty() || !conn.close_when_idle;
+    let flushed = conn.flush();
+    (conn, flushed.map(|()| keep))
 }
 
 /// Move up to `want` bytes from the front of `queue` to `out`; with `line`, stop after

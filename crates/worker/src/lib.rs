@@ -4,7 +4,8 @@
 //! which loads this module from an explicit path and calls `serve()`. `serve()` reads
 //! the [`pyfpm_ipc::WorkerSpec`], imports the pool's WSGI app, writes
 //! [`pyfpm_ipc::control::READY`] on the control socket, then accepts FastCGI connections
-//! on the inherited listening sockets and serves one request at a time. Python is
+//! on the inherited listening sockets and serves their requests, one at a time per
+//! request thread (`threads`, default 1; more threads also multiplex). Python is
 //! entered only to call the app; accepting, FastCGI decoding and response writing are
 //! Rust, with the GIL released around every blocking system call.
 //!
@@ -39,6 +40,8 @@
 //!   dumps via faulthandler, `RequestTimeout`, the last-resort exit).
 //! - [`control`]: messages to the manager (READY, retire, slowlog), one writer at a time.
 //! - [`parking`]: handing idle kept-alive connections to the manager and back.
+//! - [`watcher`]: reading connections whose requests are in the app (GET_VALUES,
+//!   ABORT, multiplexed requests), and the queue of requests waiting for a thread.
 //! - [`recycle`], [`report`]: pure helpers (RSS, the retire rule; report texts).
 //! - [`http`]: pure helpers (status and header checks, paths, percent-decoding).
 //! - [`log`]: the log line protocol above.
@@ -54,6 +57,7 @@ pub mod recycle;
 pub mod report;
 pub mod serve;
 pub mod watchdog;
+pub mod watcher;
 pub mod wsgi;
 
 use pyo3::prelude::*;

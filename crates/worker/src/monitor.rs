@@ -6,6 +6,12 @@
 //! Cost per request with everything on (measured in the closing report): no system call
 //! besides one `pread` of `/proc/self/statm` (kept open), which runs only when there is
 //! a scoreboard to show the RSS or `max_memory` is set. Clocks are vDSO reads.
+//!
+//! With `threads` > 1 the worker's one scoreboard slot shows its oldest request in
+//! service (so the manager's last-resort kill at `request_terminate_timeout` sees the
+//! request that has run longest), and the worker counts as busy while any thread serves
+//! a request. The slot has one writer at a time: every slot write happens under the
+//! `threads` lock.
 
 use crate::control::{Control, frame_retire};
 use crate::log::{Level, log};
@@ -23,9 +29,20 @@ fn unix_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// The worker's monitoring state. Only the main thread uses it (the watchdog thread has
-/// its own handle on the watchdog); atomics and a mutex rather than `Cell`s because the
-/// `Worker` is shared with GIL-released closures, which must be `Sync`.
+/// A request in service on one request thread.
+#[derive(Debug, Default)]
+struct Active {
+    start: Option<Instant>,
+    start_unix_us: u64,
+    /// Method, URI and client, kept (buffers reused) only with several threads, to show
+    /// this request again when an older one ends.
+    method: Vec<u8>,
+    uri: Vec<u8>,
+    client: Vec<u8>,
+}
+
+/// The worker's monitoring state, shared by its request threads (each names itself by
+/// its index) and read by the watchdog thread.
 pub struct Monitor {
     /// The pool's scoreboard and this worker's slot index in it.
     board: Option<(Scoreboard, usize)>,
@@ -43,8 +60,8 @@ pub struct Monitor {
     served: AtomicU64,
     /// `retire` was sent (it is sent once).
     retire_sent: AtomicBool,
-    /// When the current request began.
-    started: Mutex<Option<Instant>>,
+    /// Per request thread, its request in service.
+    threads: Mutex<Vec<Active>>,
 }
 
 /// Per-request limits and the control channel for [`Monitor::new`].
@@ -63,6 +80,7 @@ impl Monitor {
         watchdog: Option<Arc<Watchdog>>,
         control: Arc<Control>,
         limits: Limits,
+        threads: usize,
     ) -> Monitor {
         Monitor {
             board,
@@ -73,26 +91,46 @@ impl Monitor {
             max_memory: limits.max_memory,
             served: AtomicU64::new(0),
             retire_sent: AtomicBool::new(false),
-            started: Mutex::new(None),
+            threads: Mutex::new((0..threads.max(1)).map(|_| Active::default()).collect()),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Active>> {
+        self.threads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The thread whose request began first, among those with one.
+    fn oldest(threads: &[Active]) -> Option<usize> {
+        threads
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| Some((i, a.start?)))
+            .min_by_key(|&(_, start)| start)
+            .map(|(i, _)| i)
     }
 
     fn slot(&self) -> Option<Slot<'_>> {
         self.board.as_ref().and_then(|(b, i)| b.try_slot(*i))
     }
 
-    /// Set the slot's state (no-op without a scoreboard).
-    pub fn state(&self, state: SlotState) {
-        if let Some(slot) = self.slot() {
+    /// Set the slot's state for `thread`'s request (shown only when that is the oldest
+    /// request in service; no-op without a scoreboard).
+    pub fn state(&self, thread: usize, state: SlotState) {
+        let Some(slot) = self.slot() else {
+            return;
+        };
+        let threads = self.lock();
+        if threads.len() == 1 || Self::oldest(&threads) == Some(thread) {
             slot.set_state(state);
         }
     }
 
-    /// A request's params are complete.
+    /// A request's params are complete, on request thread `thread`.
     /// `shared`/`seq` name the connection and request, for the watchdog's last-resort
     /// 504 (see [`Watchdog::begin`]).
     pub fn begin(
         &self,
+        thread: usize,
         method: &[u8],
         uri: &[u8],
         client: &[u8],
@@ -100,33 +138,53 @@ impl Monitor {
         seq: u64,
     ) {
         let start = Instant::now();
-        *self.started.lock().unwrap_or_else(|p| p.into_inner()) = Some(start);
-        if let Some(slot) = self.slot() {
-            slot.begin_request(method, uri, client, unix_us());
+        let now_us = unix_us();
+        {
+            let mut threads = self.lock();
+            let several = threads.len() > 1;
+            let first = threads.iter().all(|a| a.start.is_none());
+            let active = &mut threads[thread];
+            active.start = Some(start);
+            active.start_unix_us = now_us;
+            if several {
+                for (dst, src) in [
+                    (&mut active.method, method),
+                    (&mut active.uri, uri),
+                    (&mut active.client, client),
+                ] {
+                    dst.clear();
+                    dst.extend_from_slice(src);
+                }
+            }
+            if first {
+                if let Some(slot) = self.slot() {
+                    slot.begin_request(method, uri, client, now_us);
+                }
+            }
         }
         if let Some(dog) = &self.watchdog {
-            dog.begin(start, method, uri, client, shared, seq);
+            dog.begin(thread, start, method, uri, client, shared, seq);
         }
     }
 
     /// The app is about to be called; `false` when the request already timed out.
-    pub fn enter_app(&self) -> bool {
-        self.state(SlotState::Running);
-        self.watchdog.as_ref().is_none_or(|d| d.enter_app())
+    pub fn enter_app(&self, thread: usize) -> bool {
+        self.state(thread, SlotState::Running);
+        self.watchdog.as_ref().is_none_or(|d| d.enter_app(thread))
     }
 
     /// The app returned control for good (after close()).
-    pub fn leave_app(&self) {
-        self.state(SlotState::Finishing);
+    pub fn leave_app(&self, thread: usize) {
+        self.state(thread, SlotState::Finishing);
         if let Some(dog) = &self.watchdog {
-            dog.leave_app();
+            dog.leave_app(thread);
         }
     }
 
-    /// request_terminate_timeout fired for this request: its length, else `None`.
-    pub fn timed_out(&self) -> Option<std::time::Duration> {
+    /// request_terminate_timeout fired for `thread`'s request: its length, else `None`.
+    pub fn timed_out(&self, thread: usize) -> Option<std::time::Duration> {
         let dog = self.watchdog.as_ref()?;
-        if dog.timed_out() {
+        if dog.timed_out(thread) {
             dog.terminate_timeout()
         } else {
             None
@@ -134,24 +192,20 @@ impl Monitor {
     }
 
     /// Wait briefly until the watchdog has logged the stack of a timed-out request.
-    pub fn wait_timeout_report(&self) {
+    pub fn wait_timeout_report(&self, thread: usize) {
         if let Some(dog) = &self.watchdog {
-            dog.wait_terminate_report(std::time::Duration::from_secs(1));
+            dog.wait_terminate_report(thread, std::time::Duration::from_secs(1));
         }
     }
 
-    /// The request ended (response sent or abandoned): update the slot, count it, and
-    /// ask to retire if a limit is reached.
-    pub fn end(&self) {
+    /// `thread`'s request ended (response sent or abandoned): update the slot, count
+    /// it, and ask to retire if a limit is reached.
+    pub fn end(&self, thread: usize) {
         if let Some(dog) = &self.watchdog {
-            dog.end();
+            dog.end(thread);
         }
-        let Some(start) = self
-            .started
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
+        let mut threads = self.lock();
+        let Some(start) = threads[thread].start.take() else {
             return;
         };
         let served = self.served.fetch_add(1, Ordering::Relaxed) + 1;
@@ -159,7 +213,14 @@ impl Monitor {
         let rss = if need_rss { self.rss.read() } else { None };
         if let Some(slot) = self.slot() {
             slot.end_request(start.elapsed().as_micros() as u64, rss.unwrap_or(0));
+            // Another request is still in service: show it (the oldest) again.
+            if let Some(i) = Self::oldest(&threads) {
+                let a = &threads[i];
+                slot.begin_request(&a.method, &a.uri, &a.client, a.start_unix_us);
+                slot.set_state(SlotState::Running);
+            }
         }
+        drop(threads);
         if self.retire_sent.load(Ordering::Relaxed) {
             return;
         }

@@ -1,5 +1,14 @@
 //! The serve loop: wait on the listening sockets, the control socket and the signal
-//! self-pipe; accept one connection; serve its requests one at a time; repeat.
+//! self-pipe; accept one connection; serve its requests; repeat.
+//!
+//! Threads: with `threads` = N > 1, N request threads run this loop side by side (the
+//! main thread is one of them), each attached to the interpreter for its whole life and
+//! detached around every blocking call. Each accepts and drives connections on its
+//! own. A connection has at most one *driver* (the thread waiting for its next
+//! request); the thread that takes a request stops driving while the app runs, and the
+//! [`crate::watcher`] reads the connection meanwhile, queueing requests multiplexed on
+//! it for the other threads. When a request ends, its thread becomes the driver if the
+//! connection has none, else goes back to the loop.
 //!
 //! Kept-alive connections: between two requests the worker waits on the connection and
 //! also on the listeners and the pool's DISPATCH socket (see [`crate::parking`]). The
@@ -16,19 +25,20 @@
 //! SIGINT (Python's KeyboardInterrupt) is treated like SIGQUIT. Every blocking call
 //! (poll, accept, read, write) runs with the GIL released.
 
-use crate::conn::{Capacity, Conn, ConnError, Shared, Socket, lock};
+use crate::conn::{Capacity, Conn, ConnError, Shared, Socket, fill, lock, share};
 use crate::log::{Level, log};
 use crate::parking::Parking;
+use crate::watcher::{ReadyQueue, Watcher};
 use crate::wsgi::{self, Outcome};
 use fastcgi::{Role, ServerConfig};
 use pyfpm_ipc::{ListenerFd, WorkerSpec, exit};
 use pyo3::prelude::*;
 use pyo3::types::PyType;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Everything the serve loop needs, made once at start-up.
@@ -45,6 +55,10 @@ pub struct Worker {
     pub stop: Stop,
     /// Scoreboard slot, watchdog, recycling.
     pub monitor: crate::monitor::Monitor,
+    /// Reads connections whose requests are in the app.
+    pub watcher: Arc<Watcher>,
+    /// Multiplexed requests waiting for a free thread (`threads` > 1).
+    pub ready: Option<Arc<ReadyQueue>>,
 }
 
 /// Result of waiting on some fds plus the stop sources.
@@ -67,8 +81,14 @@ pub struct Stop {
     quit: Arc<AtomicBool>,
     /// End of file on the control socket: the manager is gone.
     manager_gone: AtomicBool,
-    /// Read end of the SIGQUIT self-pipe (non-blocking); wakes poll(2).
+    /// Read end of the SIGQUIT self-pipe (non-blocking); wakes poll(2). Drained by the
+    /// main thread only, which runs Python's signal handlers.
     sig_pipe: UnixStream,
+    /// Read end of the stop broadcast: written on SIGQUIT and whenever a stop is
+    /// requested, never read, so it stays readable and wakes every thread's poll.
+    broadcast: UnixStream,
+    /// Its write end.
+    broadcast_write: UnixStream,
     /// The worker's end of the control socketpair (non-blocking).
     control: UnixStream,
     /// Write end of the self-pipe handed to Python's `signal.set_wakeup_fd`, so a signal
@@ -85,8 +105,15 @@ impl Stop {
         sig_pipe.set_nonblocking(true)?;
         sig_write.set_nonblocking(true)?;
         let python_wakeup = sig_write.try_clone()?;
+        let (broadcast, broadcast_write) = UnixStream::pair()?;
+        broadcast.set_nonblocking(true)?;
+        broadcast_write.set_nonblocking(true)?;
         signal_hook::flag::register(signal_hook::consts::SIGQUIT, Arc::clone(&quit))?;
         signal_hook::low_level::pipe::register(signal_hook::consts::SIGQUIT, sig_write)?;
+        signal_hook::low_level::pipe::register(
+            signal_hook::consts::SIGQUIT,
+            broadcast_write.try_clone()?,
+        )?;
         // Without this a SIGINT arriving just before poll(2) would only be noticed at the
         // next wake-up: Python's C handler merely sets a flag.
         py.import("signal")?
@@ -96,6 +123,8 @@ impl Stop {
             quit,
             manager_gone: AtomicBool::new(false),
             sig_pipe,
+            broadcast,
+            broadcast_write,
             control,
             _python_wakeup: python_wakeup,
         })
@@ -111,22 +140,41 @@ impl Stop {
         self.quit.load(Ordering::SeqCst) || self.manager_gone.load(Ordering::SeqCst)
     }
 
-    /// Ask the worker to exit after the current request.
+    /// Ask the worker to exit after the current request(s).
     pub fn request(&self) {
         self.quit.store(true, Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    /// Make every thread's poll return (a stop was requested).
+    fn wake_all(&self) {
+        let _ = (&self.broadcast_write).write(&[1]);
     }
 
     /// Wait (no timeout) until one of `fds` is readable or a stop is requested.
-    pub fn poll(&self, fds: &[RawFd]) -> io::Result<Polled> {
-        self.poll_timeout(fds, None)
+    /// `signals`: this is the main thread, which also wakes for Python's signals.
+    pub fn poll(&self, fds: &[RawFd], signals: bool) -> io::Result<Polled> {
+        self.poll_timeout(fds, None, signals)
     }
 
     /// [`Stop::poll`], giving up after `timeout` (`None` = never).
-    pub fn poll_timeout(&self, fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Polled> {
+    pub fn poll_timeout(
+        &self,
+        fds: &[RawFd],
+        timeout: Option<Duration>,
+        signals: bool,
+    ) -> io::Result<Polled> {
         let watch_control = !self.manager_gone.load(Ordering::SeqCst);
+        // Another thread's signal pipe stays unwatched here: poll then returns at once
+        // on the broadcast, whose fd stands in at that index.
+        let sig_fd = if signals {
+            self.sig_pipe.as_raw_fd()
+        } else {
+            self.broadcast.as_raw_fd()
+        };
         let mut pollfds: Vec<libc::pollfd> = fds
             .iter()
-            .chain([self.sig_pipe.as_raw_fd()].iter())
+            .chain([sig_fd, self.broadcast.as_raw_fd()].iter())
             .chain(watch_control.then(|| self.control.as_raw_fd()).iter())
             .map(|&fd| libc::pollfd {
                 fd,
@@ -170,14 +218,14 @@ impl Stop {
         for (i, pfd) in pollfds[..fds.len()].iter().enumerate() {
             polled.readable[i] = pfd.revents != 0;
         }
-        if pollfds[fds.len()].revents != 0 {
+        if signals && pollfds[fds.len()].revents != 0 {
             // Drain the self-pipe. The SIGQUIT flag says whether that was the signal; for
             // any other the caller lets Python run its handlers.
             let mut buf = [0u8; 64];
             while matches!((&self.sig_pipe).read(&mut buf), Ok(n) if n > 0) {}
             polled.interrupted = true;
         }
-        if watch_control && pollfds[fds.len() + 1].revents != 0 {
+        if watch_control && pollfds[fds.len() + 2].revents != 0 {
             self.read_control();
         }
         polled.stop = self.requested();
@@ -192,6 +240,7 @@ impl Stop {
             match (&self.control).read(&mut buf) {
                 Ok(0) => {
                     self.manager_gone.store(true, Ordering::SeqCst);
+                    self.wake_all();
                     return;
                 }
                 Ok(_) => continue,
@@ -199,6 +248,7 @@ impl Stop {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => {
                     self.manager_gone.store(true, Ordering::SeqCst);
+                    self.wake_all();
                     return;
                 }
             }
@@ -215,14 +265,55 @@ impl Stop {
     }
 }
 
-/// Serve until asked to stop; returns the process exit code.
+/// Serve until asked to stop; returns the process exit code. With `threads` > 1 the
+/// other request threads start here and are joined before the worker exits.
 pub fn serve_forever(py: Python<'_>, worker: &Worker) -> i32 {
+    let threads = worker.spec.threads.max(1) as usize;
+    if threads == 1 {
+        return serve_loop(py, worker, 0);
+    }
+    std::thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(threads - 1);
+        for index in 1..threads {
+            let spawned = std::thread::Builder::new()
+                .name(format!("pyfpm-req-{index}"))
+                .spawn_scoped(scope, move || {
+                    Python::attach(|py| serve_loop(py, worker, index))
+                });
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    log(
+                        Level::Error,
+                        format!("cannot start request thread {index}: {e}; serving with {index}"),
+                    );
+                    break;
+                }
+            }
+        }
+        let code = serve_loop(py, worker, 0);
+        // The others finish their requests; they need the GIL to do so.
+        worker.stop.request();
+        let codes: Vec<i32> =
+            py.detach(|| handles.into_iter().map(|h| h.join().unwrap_or(1)).collect());
+        codes.into_iter().find(|&c| c != exit::OK).unwrap_or(code)
+    })
+}
+
+/// One request thread's loop: take connections from the listeners and DISPATCH, and
+/// requests from the ready queue, until a stop. `index` names the thread (0 = main).
+fn serve_loop(py: Python<'_>, worker: &Worker, index: usize) -> i32 {
+    if let Some(dog) = &worker.monitor.watchdog {
+        dog.register_thread(index);
+    }
+    let main = index == 0;
     let parking = Parking::from_spec(worker.spec.park_fd, worker.spec.dispatch_fd);
     let listener_fds: Vec<RawFd> = worker
         .listeners
         .iter()
         .map(|(fd, _)| fd.as_raw_fd())
         .collect();
+    let ready_fd = worker.ready.as_ref().map(|r| r.fd());
     // Start the accept attempts at a rotating listener so that one busy listener cannot
     // starve the others.
     let mut first = 0usize;
@@ -233,7 +324,8 @@ pub fn serve_forever(py: Python<'_>, worker: &Worker) -> i32 {
         let dispatch = parking.dispatch_fd();
         let mut fds = listener_fds.clone();
         fds.extend(dispatch);
-        let polled = match py.detach(|| worker.stop.poll(&fds)) {
+        fds.extend(ready_fd);
+        let polled = match py.detach(|| worker.stop.poll(&fds, main)) {
             Ok(p) => p,
             Err(e) => {
                 log(Level::Error, format!("poll() failed: {e}; worker exiting"));
@@ -246,12 +338,29 @@ pub fn serve_forever(py: Python<'_>, worker: &Worker) -> i32 {
         if polled.stop {
             break;
         }
-        if dispatch.is_some() && polled.readable[listener_fds.len()] {
+        let n = listener_fds.len();
+        if ready_fd.is_some() && polled.readable[n + usize::from(dispatch.is_some())] {
+            // A request multiplexed on a connection whose driver is busy.
+            if let Some((shared, token)) = worker.ready.as_ref().and_then(|r| r.pop()) {
+                drive(py, worker, index, &parking, &shared, false, Some(token));
+                continue;
+            }
+        }
+        if dispatch.is_some() && polled.readable[n] {
             // A parked connection whose next request has arrived: it waited longer than
             // anything in the listen queues.
             if let Some((fd, payload)) = py.detach(|| parking.take()) {
                 let peer = dispatched_peer(&fd);
-                serve_connection(py, worker, &parking, Socket::new(fd), peer, &payload, false);
+                serve_connection(
+                    py,
+                    worker,
+                    index,
+                    &parking,
+                    Socket::new(fd),
+                    peer,
+                    &payload,
+                    false,
+                );
                 continue;
             }
         }
@@ -266,7 +375,7 @@ pub fn serve_forever(py: Python<'_>, worker: &Worker) -> i32 {
             match accepted {
                 Ok(Some((sock, peer))) => {
                     first = (i + 1) % fds.len();
-                    serve_connection(py, worker, &parking, sock, peer, &[], true);
+                    serve_connection(py, worker, index, &parking, sock, peer, &[], true);
                     break;
                 }
                 Ok(None) => {}
@@ -281,14 +390,16 @@ pub fn serve_forever(py: Python<'_>, worker: &Worker) -> i32 {
             }
         }
     }
-    log(
-        Level::Debug,
-        format!(
-            "worker {} exiting: {}",
-            worker.spec.slot,
-            worker.stop.reason()
-        ),
-    );
+    if main {
+        log(
+            Level::Debug,
+            format!(
+                "worker {} exiting: {}",
+                worker.spec.slot,
+                worker.stop.reason()
+            ),
+        );
+    }
     exit::OK
 }
 
@@ -372,8 +483,8 @@ fn dispatched_peer(fd: &OwnedFd) -> String {
 
 /// How waiting for the next request on a connection ended.
 enum Wait {
-    /// A request's params are complete.
-    Ready,
+    /// A request's params are complete; this thread claimed it (its token).
+    Ready(u64),
     /// The peer closed the connection between requests.
     Closed,
     /// Stop requested while no request was in progress.
@@ -381,90 +492,119 @@ enum Wait {
     /// Idle between requests while other work waits, or stop requested then: hand the
     /// connection to the manager.
     Park,
+    /// Other requests of the connection are in service on other threads, and this
+    /// thread is needed elsewhere (or a stop came): stop driving; the watcher reads the
+    /// connection, and the thread that finishes the last request drives it again.
+    Leave,
     /// poll(2) was interrupted by a signal; Python's handlers must run.
     Interrupted,
 }
 
-/// Wait (GIL released) for the next request on a connection, answering management
-/// records meanwhile. After a stop: `first` (no request came on this connection yet)
-/// still waits for that request, as PHP-FPM's worker does -- the web server connected
-/// and is about to send it, and dropping the connection would fail it (bounded: the
-/// manager SIGKILLs a worker still there after `process_control_timeout`);
-/// `finish_pending` still serves a next request that is already arriving. `others` (the
-/// listeners and DISPATCH; empty when parking is disabled) are watched between requests
-/// on a kept connection: one readable means another connection needs this worker.
+/// Wait (GIL released) for the next request on a connection this thread drives,
+/// answering management records meanwhile. After a stop: `first` (no request came on
+/// this connection yet) still waits for that request, as PHP-FPM's worker does -- the
+/// web server connected and is about to send it, and dropping the connection would fail
+/// it (bounded: the manager SIGKILLs a worker still there after
+/// `process_control_timeout`); `finish_pending` still serves a next request that is
+/// already arriving. `others` (the listeners and DISPATCH when `can_park`, and the ready
+/// queue) are watched between requests on a kept connection: one readable means this
+/// thread is needed elsewhere.
+///
+/// The connection's lock is not held while waiting: the connection's other requests
+/// keep writing their responses.
 fn wait_for_request(
     shared: &Shared,
     stop: &Stop,
+    main: bool,
     first: bool,
     finish_pending: bool,
+    can_park: bool,
     others: &[RawFd],
 ) -> Result<Wait, ConnError> {
-    let park_or_stop = if others.is_empty() {
-        Wait::Stop
-    } else {
-        Wait::Park
-    };
+    let park_or_stop = if !can_park { Wait::Stop } else { Wait::Park };
     let mut conn = lock(shared);
     loop {
         conn.process_events()?;
-        if conn.request_ready() {
-            return Ok(Wait::Ready);
+        if let Some(token) = conn.claim_ready() {
+            return Ok(Wait::Ready(token));
         }
-        let idle = conn.req.is_none();
-        if idle && !conn.has_buffered_input() {
-            // Between requests: a stop wins, and poll also watches the stop sources --
-            // unless the next request is already arriving: closing then would reset a
-            // request the web server has sent (nginx retries that only for idempotent
-            // methods on a cached connection), so it is served first.
-            let fd = conn.raw_fd().ok_or(ConnError::Closed)?;
+        let fd = conn.raw_fd().ok_or(ConnError::Closed)?;
+        // Between requests: no request is arriving on the connection (those in service
+        // elsewhere are complete already). Otherwise the one arriving is read to its end
+        // first, within request_read_timeout.
+        let between = !conn.receiving() && !conn.has_buffered_input();
+        let idle = conn.is_idle();
+        if between {
+            // A stop wins, and poll also watches the stop sources -- unless the next
+            // request is already arriving: closing then would reset a request the web
+            // server has sent (nginx retries that only for idempotent methods on a
+            // cached connection), so it is served first.
             if stop.requested() {
+                if !idle {
+                    conn.driver = false;
+                    return Ok(Wait::Leave);
+                }
                 if first {
+                    drop(conn);
                     wait_readable(fd).map_err(|e| ConnError::Io {
                         op: "waiting for the web server's first request",
                         source: Arc::new(e),
                     })?;
+                    conn = lock(shared);
                 } else if !finish_pending || !readable_now(fd) {
                     return Ok(park_or_stop);
                 }
-                if !conn.fill()? {
+                let (guard, filled) = fill(shared, conn, true);
+                conn = guard;
+                if !filled? {
                     return Ok(Wait::Closed);
                 }
                 continue;
             }
-            // Before the first request the web server is about to send it: nothing
-            // else is watched (a readable listener would wake this loop for nothing).
-            let watched: Vec<RawFd> = if first {
-                vec![fd]
-            } else {
-                [fd].iter().chain(others).copied().collect()
-            };
-            // A new connection must bring its first request within request_read_timeout:
-            // one that sends nothing would otherwise hold the worker forever.
-            let limit = (first && !conn.read_timeout().is_zero()).then(|| conn.read_timeout());
-            let polled = stop
-                .poll_timeout(&watched, limit)
-                .map_err(|e| ConnError::Io {
-                    op: "waiting for the web server",
-                    source: Arc::new(e),
-                })?;
-            if polled.timed_out {
-                return Err(ConnError::ReadTimeout(conn.read_timeout()));
+        }
+        // Before the first request the web server is about to send it: nothing else is
+        // watched (a readable listener would wake this loop for nothing); nor while a
+        // request is arriving.
+        let watch_others = between && !first;
+        let watched: Vec<RawFd> = if watch_others {
+            [fd].iter().chain(others).copied().collect()
+        } else {
+            vec![fd]
+        };
+        // A new connection must bring its first request, and an arriving request its
+        // next bytes, within request_read_timeout: one that sends nothing would
+        // otherwise hold the thread forever.
+        let limit = (!watch_others && !conn.read_timeout().is_zero()).then(|| conn.read_timeout());
+        drop(conn);
+        let polled = stop
+            .poll_timeout(&watched, limit, main)
+            .map_err(|e| ConnError::Io {
+                op: "waiting for the web server",
+                source: Arc::new(e),
+            })?;
+        conn = lock(shared);
+        if polled.timed_out {
+            return Err(ConnError::ReadTimeout(conn.read_timeout()));
+        }
+        if polled.interrupted {
+            return Ok(Wait::Interrupted);
+        }
+        if !polled.readable[0] {
+            if !watch_others {
+                continue; // the stop branch above handles a stop before the first request
             }
-            if polled.interrupted {
-                return Ok(Wait::Interrupted);
-            }
-            if !polled.readable[0] {
-                if first {
-                    continue; // the branch above waits for the first request
-                }
-                if polled.stop || polled.readable[1..].iter().any(|&r| r) {
+            if polled.stop || polled.readable[1..].iter().any(|&r| r) {
+                if idle && conn.is_idle() {
                     return Ok(park_or_stop);
                 }
-                continue; // control-socket data that was not a stop
+                conn.driver = false;
+                return Ok(Wait::Leave);
             }
+            continue; // control-socket data that was not a stop
         }
-        if !conn.fill()? {
+        let (guard, filled) = fill(shared, conn, true);
+        conn = guard;
+        if !filled? {
             return Ok(Wait::Closed);
         }
     }
@@ -502,30 +642,31 @@ fn wait_readable(fd: RawFd) -> io::Result<()> {
     }
 }
 
-/// Serve every request of one connection; `preload`: bytes already read from it (by
-/// the manager, for a dispatched connection). Ends by closing the connection, or by
-/// parking it when idle while other work waits or a stop is requested. `first`: a newly
-/// accepted connection, whose first request is awaited even after a stop. A dispatched
-/// one is a kept connection whose next request is arriving: `finish_pending` serves
-/// that, and a connection that turns out idle again (it only sent management records)
-/// is parked again rather than pinning the worker.
+/// Serve every request of one newly accepted or dispatched connection; `preload`:
+/// bytes already read from it (by the manager, for a dispatched connection). `first`: a
+/// newly accepted connection, whose first request is awaited even after a stop. A
+/// dispatched one is a kept connection whose next request is arriving.
+#[allow(clippy::too_many_arguments)]
 fn serve_connection(
     py: Python<'_>,
     worker: &Worker,
+    index: usize,
     parking: &Parking,
     sock: Socket,
     peer: String,
     preload: &[u8],
-    mut first: bool,
+    first: bool,
 ) {
+    let threads = worker.spec.threads.max(1);
     let config = ServerConfig {
         max_params_len: worker.spec.request_params_max,
-        max_active_requests: 1,
+        max_active_requests: threads as usize,
         roles: worker.spec.roles.iter().map(|&n| Role::from(n)).collect(),
     };
     let capacity = Capacity {
         max_conns: worker.spec.fcgi_max_conns,
         max_reqs: worker.spec.fcgi_max_reqs,
+        mpxs_conns: threads > 1,
     };
     let mut conn = Conn::new(sock, peer, config, capacity);
     conn.set_limits(
@@ -533,62 +674,114 @@ fn serve_connection(
         Duration::from_millis(worker.spec.request_read_timeout_ms),
     );
     conn.preload(preload);
-    let shared: Shared = Arc::new(Mutex::new(conn));
-    let others: Vec<RawFd> = if parking.enabled() {
-        worker
-            .listeners
-            .iter()
-            .map(|(fd, _)| fd.as_raw_fd())
-            .chain(parking.dispatch_fd())
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let shared = share(conn);
+    worker.watcher.register(&shared);
+    drive(py, worker, index, parking, &shared, first, None);
+}
+
+/// Drive a connection: serve its requests as they arrive, starting with request
+/// `start` when given (one taken from the ready queue). Returns when the connection is
+/// closed or parked, or when this thread leaves it to others (see [`Wait::Leave`]).
+fn drive(
+    py: Python<'_>,
+    worker: &Worker,
+    index: usize,
+    parking: &Parking,
+    shared: &Shared,
+    mut first: bool,
+    mut start: Option<u64>,
+) {
+    let others: Vec<RawFd> = worker
+        .listeners
+        .iter()
+        .map(|(fd, _)| fd.as_raw_fd())
+        .filter(|_| parking.enabled())
+        .chain(parking.dispatch_fd())
+        .chain(worker.ready.as_ref().map(|r| r.fd()))
+        .collect();
+    let main = index == 0;
     // After a stop, at most one more already-arriving request is served (a web server
     // that keeps the connection busy must not keep the worker forever).
     let mut finish_pending = true;
     loop {
-        let stopping = worker.stop.requested();
-        let waited =
-            py.detach(|| wait_for_request(&shared, &worker.stop, first, finish_pending, &others));
-        if stopping && !first {
-            finish_pending = false;
-        }
-        match waited {
-            Ok(Wait::Ready) => first = false,
-            Ok(Wait::Closed) | Ok(Wait::Stop) => break,
-            Ok(Wait::Park) => {
-                // One detach for lock and send: the mutex is never held across attaching.
-                let failed = py.detach(|| {
-                    let mut conn = lock(&shared);
-                    let buffered = conn.take_buffered();
-                    let fd = conn.raw_fd()?;
-                    let e = parking.park(fd, &buffered).err()?;
-                    Some(format!(
-                        "{}: cannot park the idle connection: {e}; closed",
-                        conn.peer
-                    ))
+        let token = match start.take() {
+            Some(token) => token,
+            None => {
+                let stopping = worker.stop.requested();
+                let waited = py.detach(|| {
+                    wait_for_request(
+                        shared,
+                        &worker.stop,
+                        main,
+                        first,
+                        finish_pending,
+                        parking.enabled(),
+                        &others,
+                    )
                 });
-                if let Some(message) = failed {
-                    log(Level::Warning, message);
+                if stopping && !first {
+                    finish_pending = false;
                 }
-                break;
-            }
-            Ok(Wait::Interrupted) => {
-                if !check_signals(py, worker) {
-                    break;
+                match waited {
+                    Ok(Wait::Ready(token)) => {
+                        first = false;
+                        token
+                    }
+                    Ok(Wait::Closed) | Ok(Wait::Stop) => break,
+                    Ok(Wait::Leave) => return,
+                    Ok(Wait::Park) => {
+                        // One detach for lock and send: the mutex is never held across
+                        // attaching.
+                        let failed = py.detach(|| {
+                            let mut conn = lock(shared);
+                            let buffered = conn.take_buffered();
+                            let fd = conn.raw_fd()?;
+                            let e = parking.park(fd, &buffered).err()?;
+                            Some(format!(
+                                "{}: cannot park the idle connection: {e}; closed",
+                                conn.peer
+                            ))
+                        });
+                        if let Some(message) = failed {
+                            log(Level::Warning, message);
+                        }
+                        break;
+                    }
+                    Ok(Wait::Interrupted) => {
+                        if !check_signals(py, worker) {
+                            break;
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        let conn = lock(shared);
+                        log(e.level(), format!("{}: {e}; connection closed", conn.peer));
+                        break;
+                    }
                 }
-                continue;
             }
-            Err(e) => {
-                let conn = lock(&shared);
-                log(e.level(), format!("{}: {e}; connection closed", conn.peer));
-                break;
+        };
+        {
+            // While the app runs the watcher reads the connection; with several threads,
+            // requests already complete behind this one go to the others now.
+            let mut conn = lock(shared);
+            conn.driver = false;
+            if let Some(ready) = &worker.ready {
+                while let Some(more) = conn.claim_ready() {
+                    ready.push(Arc::clone(shared), more);
+                }
             }
         }
-        if wsgi::run_request(py, worker, &shared) == Outcome::Close {
+        worker.watcher.request_begun();
+        if wsgi::run_request(py, worker, index, shared, token) == Outcome::Close {
             break;
         }
+        let mut conn = lock(shared);
+        if conn.is_closed() || conn.driver {
+            // Closed by another request's failure, or another thread drives it now.
+            return;
+        }
+        conn.driver = true;
     }
-    lock(&shared).close();
+    lock(shared).close();
 }

@@ -23,15 +23,23 @@
 //!   only the dump. CPython retries interrupted calls (PEP 475), so the request is not
 //!   stopped; the dump costs the main thread microseconds.
 //!
-//! The watchdog sends the signal to the main thread with `pthread_kill`, reads the dump
-//! from the pipe (both ends non-blocking: a full pipe truncates a huge dump rather than
+//! The watchdog sends the signal to the request's thread with `pthread_kill`, reads the
+//! dump from the pipe (both ends non-blocking: a full pipe truncates a huge dump rather than
 //! blocking the app inside a signal handler), and writes the slow-log entry (a control
 //! message) or the error-log record.
 //!
 //! # Stopping a request
 //!
 //! At `request_terminate_timeout` the stack is logged and the request is interrupted as
-//! above; the request driver then answers 504 (see `wsgi::run_request`). If the app has
+//! above; the request driver then answers 504 (see `wsgi::run_request`).
+//!
+//! With `threads` > 1 each request thread has its own timers. Python runs signal
+//! handlers only in the main thread, so for a request on another thread the watchdog
+//! raises [`RequestTimeout`] with `PyThreadState_SetAsyncExc`, from a short-lived thread
+//! that attaches to the interpreter (the watchdog itself never waits for the GIL). That
+//! exception surfaces at the thread's next Python instruction: a thread blocked in a
+//! C call (a `time.sleep`, a socket read) sees it when the call returns, and if that is
+//! later than [`KILL_GRACE`] the worker ends as below, with its other requests. If the app has
 //! still not returned [`KILL_GRACE`] after the deadline (C code that holds the GIL and
 //! never checks for signals, or an app that swallowed the exception and carried on), the
 //! watchdog logs a last line and ends the process with
@@ -81,9 +89,12 @@ pub fn slowlog_signal() -> i32 {
 /// The process's watchdog, for [`on_terminate_signal`] (signal handlers get no context).
 static WATCHDOG: OnceLock<Arc<Watchdog>> = OnceLock::new();
 
-/// What the watchdog knows about the request in progress.
+/// What the watchdog knows about one request thread and its request in progress.
 #[derive(Debug, Default)]
 struct Current {
+    /// The thread (`pthread_self`, which is also Python's thread ident on Linux); set
+    /// when the thread starts.
+    thread: Option<libc::pthread_t>,
     /// A request is in progress.
     active: bool,
     /// Bumped by every begin and end, so a report can tell it is about the same request.
@@ -120,6 +131,9 @@ enum Action {
 /// the lock, used without it).
 struct Due {
     action: Action,
+    /// The request thread.
+    index: usize,
+    thread: libc::pthread_t,
     /// The request's generation, to tell later whether it is still the same request.
     generation: u64,
     start: Instant,
@@ -137,7 +151,7 @@ pub struct Watchdog {
     terminate: Option<Duration>,
     /// request_slowlog_timeout.
     slowlog: Option<Duration>,
-    /// The thread that runs the app (Python's main thread).
+    /// Python's main thread, which runs Python-level signal handlers.
     main_thread: libc::pthread_t,
     /// Read end of the stack-dump pipe (non-blocking).
     dump_read: OwnedFd,
@@ -145,8 +159,8 @@ pub struct Watchdog {
     _dump_write: OwnedFd,
     /// Where slow-log entries go.
     control: Arc<Control>,
-    /// The request in progress.
-    current: Mutex<Current>,
+    /// Per request thread, its request in progress.
+    current: Mutex<Vec<Current>>,
 }
 
 /// Python-level handler of [`terminate_signal`]: raise [`RequestTimeout`] in the app,
@@ -158,7 +172,14 @@ fn on_terminate_signal(_signum: i32, _frame: Py<PyAny>) -> PyResult<()> {
     let Some(dog) = WATCHDOG.get() else {
         return Ok(());
     };
-    let mut cur = dog.lock();
+    // SAFETY: pthread_self has no preconditions.
+    let me = unsafe { libc::pthread_self() };
+    let mut all = dog.lock();
+    // Only this (the main) thread's own request: requests of other threads get the
+    // exception from `raise_in_thread`.
+    let Some(cur) = all.iter_mut().find(|c| c.thread == Some(me)) else {
+        return Ok(());
+    };
     if cur.active && cur.term_fired && cur.in_app && !cur.raised {
         cur.raised = true;
         let timeout = dog.terminate.unwrap_or_default();
@@ -230,7 +251,11 @@ impl Watchdog {
             dump_read,
             _dump_write: dump_write,
             control,
-            current: Mutex::new(Current::default()),
+            current: Mutex::new(
+                (0..spec.threads.max(1))
+                    .map(|_| Current::default())
+                    .collect(),
+            ),
         });
         let _ = WATCHDOG.set(Arc::clone(&dog));
         let thread_dog = Arc::clone(&dog);
@@ -240,10 +265,19 @@ impl Watchdog {
         Ok(Some(dog))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Current> {
+    fn lock(&self) -> MutexGuard<'_, Vec<Current>> {
         self.current
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Request thread `index` starts: remember it, to signal it.
+    pub fn register_thread(&self, index: usize) {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        if let Some(cur) = self.lock().get_mut(index) {
+            cur.thread = Some(me);
+        }
     }
 
     /// request_terminate_timeout, if set.
@@ -251,9 +285,12 @@ impl Watchdog {
         self.terminate
     }
 
-    /// A request began at `start`, on connection `shared` as request `seq`.
+    /// A request began at `start` on request thread `index`, on connection `shared` as
+    /// request `seq`.
+    #[allow(clippy::too_many_arguments)]
     pub fn begin(
         &self,
+        index: usize,
         start: Instant,
         method: &[u8],
         uri: &[u8],
@@ -262,7 +299,7 @@ impl Watchdog {
         seq: u64,
     ) {
         let mut guard = self.lock();
-        let cur = &mut *guard;
+        let cur = &mut guard[index];
         cur.generation += 1;
         cur.active = true;
         cur.start = Some(start);
@@ -286,33 +323,36 @@ impl Watchdog {
 
     /// The app is about to be called. `false` when the request already timed out (the
     /// caller then answers 504 without calling it).
-    pub fn enter_app(&self) -> bool {
-        let mut cur = self.lock();
+    pub fn enter_app(&self, index: usize) -> bool {
+        let mut all = self.lock();
+        let cur = &mut all[index];
         cur.in_app = !cur.term_fired;
         cur.in_app
     }
 
     /// The app (call, iteration, close()) is done: from here on the request is the
     /// worker's, and no timeout action applies.
-    pub fn leave_app(&self) {
-        let mut cur = self.lock();
+    pub fn leave_app(&self, index: usize) {
+        let mut all = self.lock();
+        let cur = &mut all[index];
         cur.in_app = false;
         cur.app_done = true;
     }
 
-    /// request_terminate_timeout fired for the current request.
-    pub fn timed_out(&self) -> bool {
-        self.lock().term_fired
+    /// request_terminate_timeout fired for thread `index`'s request.
+    pub fn timed_out(&self, index: usize) -> bool {
+        self.lock()[index].term_fired
     }
 
     /// Wait (at most `within`) until the terminate record of the current request is in
     /// the error log, so that the request driver's own line about the 504 follows the
     /// stack instead of preceding it. Call it with the GIL released: it sleeps.
-    pub fn wait_terminate_report(&self, within: Duration) {
+    pub fn wait_terminate_report(&self, index: usize, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
             {
-                let cur = self.lock();
+                let all = self.lock();
+                let cur = &all[index];
                 if !cur.term_fired || cur.term_reported {
                     return;
                 }
@@ -324,9 +364,10 @@ impl Watchdog {
         }
     }
 
-    /// The request ended.
-    pub fn end(&self) {
-        let mut cur = self.lock();
+    /// Thread `index`'s request ended.
+    pub fn end(&self, index: usize) {
+        let mut all = self.lock();
+        let cur = &mut all[index];
         cur.active = false;
         cur.generation += 1;
         cur.in_app = false;
@@ -349,14 +390,31 @@ impl Watchdog {
         }
     }
 
-    /// Decide, under the lock, what is due now; else how long to sleep.
+    /// Decide, under the lock, what is due now for some request thread; else how long
+    /// to sleep.
     fn next_action(&self, tick: Duration) -> (Option<Due>, Duration) {
         let now = Instant::now();
         let mut sleep = tick;
-        let mut cur = self.lock();
-        let Some(start) = cur.start.filter(|_| cur.active && !cur.app_done) else {
-            return (None, sleep);
-        };
+        let mut all = self.lock();
+        for (index, cur) in all.iter_mut().enumerate() {
+            if let Some(due) = self.due(index, cur, now, &mut sleep) {
+                return (Some(due), sleep);
+            }
+        }
+        (None, sleep)
+    }
+
+    /// What is due now for one thread's request (marking it as done), shortening
+    /// `sleep` to its next deadline otherwise.
+    fn due(
+        &self,
+        index: usize,
+        cur: &mut Current,
+        now: Instant,
+        sleep: &mut Duration,
+    ) -> Option<Due> {
+        let start = cur.start.filter(|_| cur.active && !cur.app_done)?;
+        let thread = cur.thread.unwrap_or(self.main_thread);
         let elapsed = now.saturating_duration_since(start);
         let due = |at: Duration, sleep: &mut Duration| {
             if elapsed >= at {
@@ -368,8 +426,8 @@ impl Watchdog {
         };
         let action = if let Some(t) = self.terminate {
             if cur.term_fired {
-                due(t + KILL_GRACE, &mut sleep).then_some(Action::Kill)
-            } else if due(t, &mut sleep) {
+                due(t + KILL_GRACE, sleep).then_some(Action::Kill)
+            } else if due(t, sleep) {
                 cur.term_fired = true;
                 Some(Action::Terminate)
             } else {
@@ -380,19 +438,20 @@ impl Watchdog {
         };
         let action = action.or_else(|| {
             let s = self.slowlog?;
-            if cur.slow_sent || cur.term_fired || !due(s, &mut sleep) {
+            if cur.slow_sent || cur.term_fired || !due(s, sleep) {
                 return None;
             }
             cur.slow_sent = true;
             Some(Action::Slowlog)
         });
-        let found = action.map(|action| Due {
+        action.map(|action| Due {
             action,
+            index,
+            thread,
             generation: cur.generation,
             start,
             label: cur.label.clone(),
-        });
-        (found, sleep)
+        })
     }
 
     /// Carry out `action` for the request `generation` (the lock is not held: the dump
@@ -400,6 +459,8 @@ impl Watchdog {
     fn act(&self, due: Due) {
         let Due {
             action,
+            index,
+            thread,
             generation,
             start,
             ref label,
@@ -407,8 +468,8 @@ impl Watchdog {
         match action {
             Action::Slowlog => {
                 let elapsed = start.elapsed();
-                let stack = self.dump_stack(slowlog_signal());
-                if self.lock().generation != generation {
+                let stack = self.dump_stack(thread, slowlog_signal());
+                if self.lock()[index].generation != generation {
                     // The request ended while the stack was taken: the dump shows the
                     // worker's own loop, not the slow request.
                     return;
@@ -427,7 +488,11 @@ impl Watchdog {
             }
             Action::Terminate => {
                 let elapsed = start.elapsed();
-                let stack = self.dump_stack(terminate_signal());
+                let stack = self.dump_stack(thread, terminate_signal());
+                // SAFETY: pthread_equal has no preconditions.
+                if unsafe { libc::pthread_equal(thread, self.main_thread) } == 0 {
+                    self.raise_in_thread(index, generation);
+                }
                 log(
                     Level::Error,
                     report::terminate_record(
@@ -439,13 +504,13 @@ impl Watchdog {
                         &stack,
                     ),
                 );
-                let mut cur = self.lock();
-                if cur.generation == generation {
-                    cur.term_reported = true;
+                let mut all = self.lock();
+                if all[index].generation == generation {
+                    all[index].term_reported = true;
                 }
             }
             Action::Kill => {
-                let answered = self.answer_before_exit(generation);
+                let answered = self.answer_before_exit(index, generation);
                 log(
                     Level::Error,
                     report::killed_record(
@@ -468,9 +533,10 @@ impl Watchdog {
     /// Before ending the worker: answer 504 on the stuck request's connection if nothing
     /// was sent on it yet and nobody holds it (the main thread is in the app, which
     /// never holds the connection's lock). `true` when the answer went out.
-    fn answer_before_exit(&self, generation: u64) -> bool {
+    fn answer_before_exit(&self, index: usize, generation: u64) -> bool {
         let conn = {
-            let cur = self.lock();
+            let all = self.lock();
+            let cur = &all[index];
             if cur.generation != generation {
                 return false;
             }
@@ -479,21 +545,63 @@ impl Watchdog {
         let Some((shared, seq)) = conn else {
             return false;
         };
-        let Ok(mut conn) = shared.try_lock() else {
+        let Some(mut conn) = crate::conn::try_lock(&shared) else {
             return false;
         };
         conn.answer_and_end(seq, self.terminate.unwrap_or_default())
     }
 
-    /// Ask faulthandler (in the main thread) for a stack dump via `signal` and read it.
-    fn dump_stack(&self, signal: i32) -> Vec<u8> {
+    /// Raise [`RequestTimeout`] in request thread `index` (not the main thread, whose
+    /// signal handler does it), if its request `generation` is still in the app. From a
+    /// thread of its own: attaching waits for the GIL, which the stuck app may hold for
+    /// long, and the watchdog must stay free to end the worker after [`KILL_GRACE`].
+    fn raise_in_thread(&self, index: usize, generation: u64) {
+        let Some(dog) = WATCHDOG.get().cloned() else {
+            return;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("pyfpm-timeout".into())
+            .spawn(move || {
+                Python::attach(|py| {
+                    let ident = {
+                        let mut all = dog.lock();
+                        let cur = &mut all[index];
+                        if cur.generation != generation || !cur.in_app || cur.raised {
+                            return;
+                        }
+                        cur.raised = true;
+                        cur.thread
+                    };
+                    let Some(ident) = ident else {
+                        return;
+                    };
+                    let exc = py.get_type::<RequestTimeout>();
+                    // SAFETY: attached to the interpreter; `exc` is a live exception
+                    // class; the ident is a thread of this interpreter (or matches none,
+                    // which is a no-op).
+                    unsafe {
+                        pyo3::ffi::PyThreadState_SetAsyncExc(ident as _, exc.as_ptr());
+                    }
+                });
+            });
+        if let Err(e) = spawned {
+            log(
+                Level::Error,
+                format!("cannot start a thread to stop the timed-out request: {e}"),
+            );
+        }
+    }
+
+    /// Ask faulthandler (in `thread`, the request's) for a stack dump via `signal` and
+    /// read it.
+    fn dump_stack(&self, thread: libc::pthread_t, signal: i32) -> Vec<u8> {
         let fd = self.dump_read.as_raw_fd();
         let mut scratch = [0u8; 4096];
         // Leftovers of an earlier dump that arrived after its quiet period.
         while read_some(fd, &mut scratch) > 0 {}
-        // SAFETY: the main thread lives as long as the process; `signal` has a handler
+        // SAFETY: request threads live as long as the process serves; `signal` has a handler
         // (faulthandler's), so it cannot kill the process.
-        if unsafe { libc::pthread_kill(self.main_thread, signal) } != 0 {
+        if unsafe { libc::pthread_kill(thread, signal) } != 0 {
             return Vec::new();
         }
         let mut out = Vec::new();

@@ -15,7 +15,7 @@ use pyo3::types::PyString;
 pub struct Errors {
     /// The connection of the request.
     conn: Shared,
-    /// The request this stream belongs to (see `Conn::seq`).
+    /// The request this stream belongs to (its token, see `conn::Request::token`).
     seq: u64,
 }
 

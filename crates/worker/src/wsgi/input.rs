@@ -10,7 +10,7 @@
 //! raises `ConnectionAbortedError`.
 
 use super::op_error;
-use crate::conn::{InputStream, Shared, lock};
+use crate::conn::{InputStream, Shared, read_input};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
@@ -19,7 +19,7 @@ use pyo3::types::{PyBytes, PyList};
 pub struct Input {
     /// The connection the body arrives on.
     conn: Shared,
-    /// The request this stream belongs to (see `Conn::seq`).
+    /// The request this stream belongs to (its token, see `conn::Request::token`).
     seq: u64,
     /// Which FastCGI stream it reads.
     stream: InputStream,
@@ -46,7 +46,7 @@ impl Input {
 
     fn pull(&self, py: Python<'_>, max: Option<usize>, line: bool) -> PyResult<Vec<u8>> {
         let (conn, seq, stream) = (&self.conn, self.seq, self.stream);
-        py.detach(|| lock(conn).read_input(seq, stream, max, line))
+        py.detach(|| read_input(conn, seq, stream, max, line))
             .map_err(op_error)
     }
 }

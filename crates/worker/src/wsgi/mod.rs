@@ -154,17 +154,23 @@ fn summary(py: Python<'_>, err: &PyErr) -> String {
     line.replace(['\r', '\n'], " ")
 }
 
-/// Serve the request whose params are complete on `shared`, with the scoreboard, the
-/// watchdog and the recycling count kept up to date around it.
-pub fn run_request(py: Python<'_>, worker: &Worker, shared: &Shared) -> Outcome {
-    let (params, role, seq) = {
+/// Serve request `seq` (its token) of `shared`, whose params are complete, on request
+/// thread `thread`, with the scoreboard, the watchdog and the recycling count kept up
+/// to date around it.
+pub fn run_request(
+    py: Python<'_>,
+    worker: &Worker,
+    thread: usize,
+    shared: &Shared,
+    seq: u64,
+) -> Outcome {
+    let (params, role) = {
         let conn = lock(shared);
         match conn
-            .req
-            .as_ref()
+            .request(seq)
             .and_then(|r| Some((r.params.clone()?, r.role)))
         {
-            Some((params, role)) => (params, role, conn.seq()),
+            Some(found) => found,
             None => return Outcome::Close,
         }
     };
@@ -178,6 +184,7 @@ pub fn run_request(py: Python<'_>, worker: &Worker, shared: &Shared) -> Outcome 
             }
         };
         worker.monitor.begin(
+            thread,
             params.get(b"REQUEST_METHOD").unwrap_or(b"GET"),
             params
                 .get(b"REQUEST_URI")
@@ -188,8 +195,8 @@ pub fn run_request(py: Python<'_>, worker: &Worker, shared: &Shared) -> Outcome 
             seq,
         );
     }
-    let outcome = serve_request(py, worker, shared, params, role, seq);
-    worker.monitor.end();
+    let outcome = serve_request(py, worker, thread, shared, params, role, seq);
+    worker.monitor.end(thread);
     outcome
 }
 
@@ -197,6 +204,7 @@ pub fn run_request(py: Python<'_>, worker: &Worker, shared: &Shared) -> Outcome 
 fn serve_request(
     py: Python<'_>,
     worker: &Worker,
+    thread: usize,
     shared: &Shared,
     params: fastcgi::Params,
     role: fastcgi::Role,
@@ -235,7 +243,7 @@ fn serve_request(
             return Outcome::Close;
         }
     };
-    lock(shared).start_app(info.content_length, info.is_head());
+    lock(shared).start_app(seq, info.content_length, info.is_head());
     let ctx = Context {
         method: &info.method,
         uri: &info.uri,
@@ -243,30 +251,30 @@ fn serve_request(
     let body_max = worker.spec.request_body_max;
     if body_max != 0 && info.content_length.is_some_and(|n| n > body_max) {
         // Refused before the app runs; the body is drained by the normal ending.
-        return fail(py, worker, shared, seq, &ctx, Failure::TooLarge);
+        return fail(py, worker, thread, shared, seq, &ctx, Failure::TooLarge);
     }
 
     let monitor = &worker.monitor;
     // The watchdog may raise RequestTimeout only between enter_app and leave_app: the
     // app's code runs there, and nowhere else is such an exception expected.
-    let called = if monitor.enter_app() {
+    let called = if monitor.enter_app(thread) {
         Some(worker.app.bind(py).call1((environ, start)))
     } else {
         None
     };
     let outcome = match called {
         None => {
-            monitor.leave_app();
+            monitor.leave_app(thread);
             Err(Failure::TimedOut)
         }
         Some(Err(err)) => {
-            monitor.leave_app();
+            monitor.leave_app(thread);
             Err(Failure::App(err))
         }
         Some(Ok(result)) => {
-            let streamed = stream(py, monitor, shared, seq, &result);
+            let streamed = stream(py, monitor, thread, shared, seq, &result);
             let closed = call_close(&result);
-            monitor.leave_app();
+            monitor.leave_app(thread);
             match (streamed, closed) {
                 (Err(failure), Err(close_err)) => {
                     log(
@@ -296,8 +304,8 @@ fn serve_request(
         }
     };
     let result = match outcome {
-        Ok(()) => finish(py, shared, &ctx),
-        Err(failure) => fail(py, worker, shared, seq, &ctx, failure),
+        Ok(()) => finish(py, shared, seq, &ctx),
+        Err(failure) => fail(py, worker, thread, shared, seq, &ctx, failure),
     };
     flush_std_streams(py);
     result
@@ -307,6 +315,7 @@ fn serve_request(
 fn stream(
     py: Python<'_>,
     monitor: &Monitor,
+    thread: usize,
     shared: &Shared,
     seq: u64,
     result: &Bound<'_, PyAny>,
@@ -329,11 +338,11 @@ fn stream(
         if data.is_empty() {
             continue;
         }
-        monitor.state(SlotState::Writing);
+        monitor.state(thread, SlotState::Writing);
         py.detach(|| lock(shared).send_body(seq, data, !single))?;
-        monitor.state(SlotState::Running);
+        monitor.state(thread, SlotState::Running);
     }
-    monitor.state(SlotState::Writing);
+    monitor.state(thread, SlotState::Writing);
     py.detach(|| lock(shared).send_headers_if_pending(seq))
         .map_err(|e| match e {
             OpError::NotStarted => {
@@ -361,13 +370,13 @@ fn call_close(result: &Bound<'_, PyAny>) -> PyResult<()> {
 
 /// The normal end: END_REQUEST, then keep or close the connection. Blocking I/O
 /// (draining the body, writing), so the GIL is released.
-fn finish(py: Python<'_>, shared: &Shared, ctx: &Context<'_>) -> Outcome {
-    py.detach(|| finish_detached(shared, ctx))
+fn finish(py: Python<'_>, shared: &Shared, seq: u64, ctx: &Context<'_>) -> Outcome {
+    py.detach(|| finish_detached(shared, seq, ctx))
 }
 
-fn finish_detached(shared: &Shared, ctx: &Context<'_>) -> Outcome {
-    let mut conn = lock(shared);
-    match conn.finish_request() {
+fn finish_detached(shared: &Shared, seq: u64, ctx: &Context<'_>) -> Outcome {
+    let (mut conn, finished) = crate::conn::finish_request(shared, seq);
+    match finished {
         Ok(true) => Outcome::Keep,
         Ok(false) => {
             conn.close();
@@ -388,6 +397,7 @@ fn finish_detached(shared: &Shared, ctx: &Context<'_>) -> Outcome {
 fn fail(
     py: Python<'_>,
     worker: &Worker,
+    thread: usize,
     shared: &Shared,
     seq: u64,
     ctx: &Context<'_>,
@@ -400,9 +410,9 @@ fn fail(
             let conn = lock(shared);
             if let Some(e) = conn.failure() {
                 Failure::Conn(e.clone())
-            } else if conn.req.as_ref().is_some_and(|r| r.aborted) {
+            } else if conn.request(seq).is_some_and(|r| r.aborted) {
                 Failure::Aborted
-            } else if conn.req.as_ref().is_some_and(|r| r.too_large) {
+            } else if conn.request(seq).is_some_and(|r| r.too_large) {
                 Failure::TooLarge
             } else {
                 drop(conn);
@@ -411,11 +421,12 @@ fn fail(
         }
         other => other,
     };
-    let failure = match (failure, worker.monitor.timed_out()) {
+    let failure = match (failure, worker.monitor.timed_out(thread)) {
         (Failure::TimedOut, timeout) => {
             return timed_out(
                 py,
                 worker,
+                thread,
                 shared,
                 seq,
                 ctx,
@@ -425,10 +436,19 @@ fn fail(
         }
         (Failure::App(err), Some(timeout)) => {
             let summary_line = summary(py, &err);
-            return timed_out(py, worker, shared, seq, ctx, timeout, Some(summary_line));
+            return timed_out(
+                py,
+                worker,
+                thread,
+                shared,
+                seq,
+                ctx,
+                timeout,
+                Some(summary_line),
+            );
         }
         (Failure::Contract(msg), Some(timeout)) => {
-            return timed_out(py, worker, shared, seq, ctx, timeout, Some(msg));
+            return timed_out(py, worker, thread, shared, seq, ctx, timeout, Some(msg));
         }
         (other, _) => other,
     };
@@ -448,7 +468,7 @@ fn fail(
         }
         Failure::Aborted => {
             log(Level::Info, format!("{ctx}: aborted by the web server"));
-            return finish(py, shared, ctx);
+            return finish(py, shared, seq, ctx);
         }
         Failure::TooLarge => {
             return py.detach(|| {
@@ -464,7 +484,7 @@ fn fail(
                             ),
                         );
                         drop(conn);
-                        finish_detached(shared, ctx)
+                        finish_detached(shared, seq, ctx)
                     }
                     Ok(false) => {
                         log(
@@ -520,7 +540,7 @@ fn fail(
                 );
                 let _ = conn.write_stderr(seq, line.as_bytes());
                 drop(conn);
-                finish_detached(shared, ctx)
+                finish_detached(shared, seq, ctx)
             }
             Ok(false) => {
                 log(
@@ -557,9 +577,11 @@ fn fail(
 /// End a request stopped by request_terminate_timeout: 504 when nothing was sent yet,
 /// else abort the response. The watchdog already logged the Python stack; `ended_with`
 /// is how the app's code ended (normally `RequestTimeout: ...`).
+#[allow(clippy::too_many_arguments)]
 fn timed_out(
     py: Python<'_>,
     worker: &Worker,
+    thread: usize,
     shared: &Shared,
     seq: u64,
     ctx: &Context<'_>,
@@ -574,7 +596,7 @@ fn timed_out(
     // Each branch does its I/O first (the web server gets its answer at once), then
     // waits for the watchdog's record with the stack, so that this line follows it.
     let report_then_log = |level: Level, text: String| {
-        worker.monitor.wait_timeout_report();
+        worker.monitor.wait_timeout_report(thread);
         log(level, text);
     };
     py.detach(|| {
@@ -588,7 +610,7 @@ fn timed_out(
                 );
                 let _ = conn.write_stderr(seq, line.as_bytes());
                 drop(conn);
-                let outcome = finish_detached(shared, ctx);
+                let outcome = finish_detached(shared, seq, ctx);
                 report_then_log(
                     Level::Error,
                     format!(

@@ -24,7 +24,7 @@ pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
 pub struct StartResponse {
     /// The connection of the request.
     conn: Shared,
-    /// The request this callable belongs to (see `Conn::seq`).
+    /// The request this callable belongs to (its token, see `conn::Request::token`).
     seq: u64,
 }
 
