@@ -391,8 +391,13 @@ pub struct Conn {
     peer_eof: bool,
     /// `request_body_max` in bytes (0 = no limit).
     body_max: u64,
-    /// `request_read_timeout` (zero = none); applied to the socket as SO_RCVTIMEO.
+    /// `request_read_timeout` (zero = none); applied to the socket as SO_RCVTIMEO
+    /// before its first blocking read.
     read_timeout: std::time::Duration,
+    /// SO_RCVTIMEO is set on the socket. Most connections never need it (their request
+    /// arrives whole and is read after poll(2)), so it costs a system call only on a
+    /// connection whose body is read as the app asks for it.
+    read_timeout_set: bool,
 }
 
 /// Unread request input held while a response streams. Past it, the socket is no longer
@@ -419,6 +424,7 @@ impl Conn {
             peer_eof: false,
             body_max: 0,
             read_timeout: std::time::Duration::ZERO,
+            read_timeout_set: false,
         }
     }
 
@@ -429,6 +435,15 @@ impl Conn {
     pub fn set_limits(&mut self, body_max: u64, read_timeout: std::time::Duration) {
         self.body_max = body_max;
         self.read_timeout = read_timeout;
+    }
+
+    /// Apply `request_read_timeout` to the socket, once, before a blocking read.
+    fn apply_read_timeout(&mut self) {
+        if self.read_timeout_set || self.read_timeout.is_zero() {
+            return;
+        }
+        self.read_timeout_set = true;
+        let read_timeout = self.read_timeout;
         if let Some(sock) = self.sock.as_ref() {
             let tv = libc::timeval {
                 tv_sec: read_timeout.as_secs() as libc::time_t,
@@ -764,7 +779,11 @@ impl Conn {
     /// (the caller knows more output, or END_REQUEST, follows at once).
     pub fn send_body(&mut self, seq: u64, data: &[u8], flush_now: bool) -> Result<(), OpError> {
         self.current(seq)?;
-        self.check_incoming()?;
+        if flush_now {
+            // A streamed response stops at its next chunk after FCGI_ABORT_REQUEST. A
+            // whole response in one piece is past that point: no check, no poll(2).
+            self.check_incoming()?;
+        }
         let req = self.current(seq)?;
         if req.aborted {
             return Err(OpError::Aborted);
@@ -960,6 +979,9 @@ pub fn fill<'a>(
     let Some(sock) = guard.sock.clone() else {
         return (guard, Err(ConnError::Closed));
     };
+    if !nonblocking {
+        guard.apply_read_timeout();
+    }
     guard.reading = true;
     let mut buf = std::mem::take(guard.codec.read_buf());
     drop(guard);

@@ -523,10 +523,21 @@ fn wait_for_request(
 ) -> Result<Wait, ConnError> {
     let park_or_stop = if !can_park { Wait::Stop } else { Wait::Park };
     let mut conn = lock(shared);
+    // A new connection's first request is normally there already (the web server sends
+    // it with the connect): one read without blocking saves the poll(2).
+    let mut read_first_at_once = first;
     loop {
         conn.process_events()?;
         if let Some(token) = conn.claim_ready() {
             return Ok(Wait::Ready(token));
+        }
+        if std::mem::take(&mut read_first_at_once) && !stop.requested() {
+            let (guard, filled) = fill(shared, conn, true);
+            conn = guard;
+            if !filled? {
+                return Ok(Wait::Closed);
+            }
+            continue;
         }
         let fd = conn.raw_fd().ok_or(ConnError::Closed)?;
         // Between requests: no request is arriving on the connection (those in service
