@@ -55,6 +55,66 @@ pub fn encoded_pair_len(name: &[u8], value: &[u8]) -> usize {
     len_len(name.len()) + len_len(value.len()) + name.len() + value.len()
 }
 
+/// One length at the front of `input`: `(length, bytes it took)`, `None` if cut short.
+#[inline(always)]
+fn split_len(input: &[u8]) -> Option<(usize, usize)> {
+    let first = *input.first()?;
+    if first & 0x80 == 0 {
+        Some((usize::from(first), 1))
+    } else {
+        let word: [u8; 4] = input.get(..4)?.try_into().ok()?;
+        // u32 -> usize is lossless on every target this crate supports (32/64-bit).
+        Some(((u32::from_be_bytes(word) & 0x7fff_ffff) as usize, 4))
+    }
+}
+
+/// Split one pair off the front of `input`: `(name, value, rest)`, `None` when the pair
+/// is not all there. The same grammar as [`parse_pair`] without nom's bookkeeping:
+/// params are walked several times per request (validation, environ, look-ups), so this
+/// is on the hot path of every request.
+#[inline]
+fn split_pair(input: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let (name_len, a) = split_len(input)?;
+    let (value_len, b) = split_len(&input[a..])?;
+    let body = &input[a + b..];
+    // Two 31-bit lengths can overflow a 32-bit usize.
+    let end = name_len.checked_add(value_len)?;
+    if body.len() < end {
+        return None;
+    }
+    let (name, rest) = body.split_at(name_len);
+    let (value, rest) = rest.split_at(value_len);
+    Some((name, value, rest))
+}
+
+/// `a == b` for the short names of params, without a call to `memcmp`: [`Params::get`]
+/// compares every name of the same length, and the call cost more than the comparison.
+#[inline(always)]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], i: usize| u64::from_ne_bytes(s[i..i + 8].try_into().expect("8 bytes"));
+    let half = |s: &[u8], i: usize| u32::from_ne_bytes(s[i..i + 4].try_into().expect("4 bytes"));
+    match n {
+        0..=3 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..=8 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        9..=32 => {
+            // Whole words, the last one overlapping its predecessor.
+            let mut i = 0;
+            while i + 8 < n {
+                if word(a, i) != word(b, i) {
+                    return false;
+                }
+                i += 8;
+            }
+            word(a, n - 8) == word(b, n - 8)
+        }
+        _ => a == b,
+    }
+}
+
 /// Iterator over the pairs of a complete, validated name-value stream.
 pub struct NameValueIter<'a> {
     rest: &'a [u8],
@@ -62,18 +122,16 @@ pub struct NameValueIter<'a> {
 
 impl<'a> Iterator for NameValueIter<'a> {
     type Item = (&'a [u8], &'a [u8]);
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        // The stream was validated by `Params::new`, so this cannot fail; stopping is the
-        // safe answer if it ever did.
-        match parse_pair(self.rest) {
-            Ok((rest, pair)) => {
+        // The stream was validated by `Params::new`, so this cannot fail while bytes
+        // remain; stopping is the safe answer if it ever did.
+        match split_pair(self.rest) {
+            Some((name, value, rest)) => {
                 self.rest = rest;
-                Some(pair)
+                Some((name, value))
             }
-            Err(_) => {
+            None => {
                 self.rest = &[];
                 None
             }
@@ -96,9 +154,9 @@ impl Params {
     pub fn new(raw: Bytes) -> Result<Self, DecodeError> {
         let mut rest: &[u8] = &raw;
         while !rest.is_empty() {
-            match parse_pair(rest) {
-                Ok((r, _)) => rest = r,
-                Err(_) => {
+            match split_pair(rest) {
+                Some((_, _, r)) => rest = r,
+                None => {
                     return Err(DecodeError::BadNameValue(
                         "a name or value length runs past the end of the stream",
                     ));
@@ -115,10 +173,27 @@ impl Params {
 
     /// The value of the last pair named `name`, if any.
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
-        self.iter()
-            .filter(|(n, _)| *n == name)
-            .last()
-            .map(|(_, v)| v)
+        let mut found = None;
+        for (n, v) in self.iter() {
+            if same_bytes(n, name) {
+                found = Some(v);
+            }
+        }
+        found
+    }
+
+    /// The values of the last pairs named `names[i]`, in one pass over the pairs (a
+    /// caller needing several values saves a walk per extra name).
+    pub fn get_each<const N: usize>(&self, names: [&[u8]; N]) -> [Option<&[u8]>; N] {
+        let mut found = [None; N];
+        for (n, v) in self.iter() {
+            for (slot, name) in found.iter_mut().zip(names) {
+                if same_bytes(n, name) {
+                    *slot = Some(v);
+                }
+            }
+        }
+        found
     }
 
     /// Number of pairs.
@@ -206,7 +281,50 @@ mod tests {
                 matches!(parse_pair(&e[..cut]), Err(nom::Err::Incomplete(_))),
                 "prefix of {cut} bytes"
             );
+            assert_eq!(split_pair(&e[..cut]), None, "prefix of {cut} bytes");
         }
+    }
+
+    #[test]
+    fn same_bytes_is_equality() {
+        let texts: Vec<Vec<u8>> = (0..40)
+            .flat_map(|n| {
+                let base: Vec<u8> = (0..n).map(|i| b'a' + (i % 26) as u8).collect();
+                let mut variants = vec![base.clone()];
+                for at in 0..n {
+                    let mut v = base.clone();
+                    v[at] ^= 1;
+                    variants.push(v);
+                }
+                variants
+            })
+            .collect();
+        for a in &texts {
+            for b in &texts {
+                assert_eq!(same_bytes(a, b), a == b, "{a:?} {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn fast_split_agrees_with_the_nom_parser() {
+        let mut wire = Vec::new();
+        encode_pair(&mut wire, b"A", &[b'x'; 300]);
+        encode_pair(&mut wire, &[b'n'; 130], b"");
+        encode_pair(&mut wire, b"", b"v");
+        wire.extend_from_slice(&[0x80, 0, 0, 1, 0x80, 0, 0, 2, b'N', b'v', b'w', 9]);
+        let mut rest = &wire[..];
+        while !rest.is_empty() {
+            let fast = split_pair(rest);
+            let slow = parse_pair(rest).ok();
+            assert_eq!(fast.map(|(n, v, r)| (r, (n, v))), slow);
+            let Some((_, _, r)) = fast else { break };
+            rest = r;
+        }
+        assert_eq!(rest, &[9]);
+        // Lengths whose sum overflows 32 bits are cut short, not wrapped around.
+        let huge = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0];
+        assert_eq!(split_pair(&huge), None);
     }
 
     #[test]
@@ -220,6 +338,11 @@ mod tests {
         assert_eq!(p.get(b"A"), Some(&b"2"[..]));
         assert_eq!(p.get(b"B"), Some(&b""[..]));
         assert_eq!(p.get(b"C"), None);
+        assert_eq!(p.get(b""), None);
+        assert_eq!(
+            p.get_each([b"B", b"A", b"C", b"A"]),
+            [Some(&b""[..]), Some(&b"2"[..]), None, Some(&b"2"[..])]
+        );
         let all: Vec<_> = (&p).into_iter().collect();
         assert_eq!(all[0], (&b"A"[..], &b"1"[..]));
         assert!(Params::new(Bytes::new()).unwrap().is_empty());

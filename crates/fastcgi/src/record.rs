@@ -244,10 +244,29 @@ impl RecordDecoder {
     /// The version is checked as soon as the header is complete, without waiting for the
     /// content, so a peer that does not speak FastCGI is refused at once.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Record>, DecodeError> {
-        let header = match parse_header(buf) {
-            Ok((_, header)) => header,
-            // Only `Incomplete` is possible: every header field accepts any value.
-            Err(_) => return Ok(None),
+        // The eight header bytes read directly: the same result as `parse_header`, which
+        // costs several times more through nom's combinators, once per record.
+        let Some(
+            &[
+                version,
+                record_type,
+                id_hi,
+                id_lo,
+                len_hi,
+                len_lo,
+                padding_length,
+                _,
+            ],
+        ) = buf.first_chunk::<HEADER_LEN>()
+        else {
+            return Ok(None);
+        };
+        let header = Header {
+            version,
+            record_type: record_type.into(),
+            request_id: u16::from_be_bytes([id_hi, id_lo]),
+            content_length: u16::from_be_bytes([len_hi, len_lo]),
+            padding_length,
         };
         if header.version != FCGI_VERSION_1 {
             return Err(DecodeError::UnsupportedVersion(header.version));

@@ -94,14 +94,39 @@ impl fmt::Display for HeaderError {
     }
 }
 
-/// True for an RFC 9110 token character.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
+/// RFC 9110 token characters, as a table: checked for every byte of every response
+/// header name.
+const TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    table
+};
 
 /// True when `name` is a non-empty HTTP token.
 pub fn is_token(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(is_tchar)
+    !name.is_empty() && name.bytes().all(|b| TCHAR[usize::from(b)])
 }
 
 /// Builds the CGI response header block sent on FCGI_STDOUT:
@@ -129,10 +154,11 @@ impl HeaderBlock {
         if name.eq_ignore_ascii_case("status") {
             return Err(HeaderError::StatusHeader);
         }
-        if value.contains(['\r', '\n', '\0']) {
+        // CR, LF and NUL are ASCII, so a byte scan finds them in UTF-8 too.
+        if value.bytes().any(|b| matches!(b, b'\r' | b'\n' | b'\0')) {
             return Err(HeaderError::ControlCharacter(name.to_owned()));
         }
-        if value.chars().any(|c| u32::from(c) > 0xFF) {
+        if !value.is_ascii() && value.chars().any(|c| u32::from(c) > 0xFF) {
             return Err(HeaderError::NotLatin1(name.to_owned()));
         }
         self.buf.extend_from_slice(name.as_bytes());
@@ -151,6 +177,11 @@ impl HeaderBlock {
 
 /// Append `text` as latin-1. The caller has checked every char is at most U+00FF.
 fn push_latin1(out: &mut Vec<u8>, text: &str) {
+    if text.is_ascii() {
+        // The usual case: ASCII is its own latin-1 encoding, copied in one go.
+        out.extend_from_slice(text.as_bytes());
+        return;
+    }
     // Characters above U+00FF cannot occur (checked by the callers); `as u8` keeps the
     // low byte, which for U+0000..=U+00FF is the latin-1 encoding.
     out.extend(text.chars().map(|c| c as u8));
@@ -276,6 +307,12 @@ pub fn parse_content_length(value: &[u8]) -> Option<u64> {
 /// Text from the wire made safe for a log line: invalid UTF-8 replaced, control
 /// characters written as `\xNN`, so a request cannot forge or split log lines.
 pub fn log_safe(bytes: &[u8]) -> String {
+    if bytes.iter().all(|&b| (0x20..0x7f).contains(&b)) {
+        // Printable ASCII, the usual method and URI: nothing to replace or escape.
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            return text.to_owned();
+        }
+    }
     let text = String::from_utf8_lossy(bytes);
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {

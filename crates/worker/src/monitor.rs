@@ -4,8 +4,9 @@
 //! manager, having started its replacement, sends SIGQUIT).
 //!
 //! Cost per request with everything on (measured in the closing report): no system call
-//! besides one `pread` of `/proc/self/statm` (kept open), which runs only when there is
-//! a scoreboard to show the RSS or `max_memory` is set. Clocks are vDSO reads.
+//! besides a `pread` of `/proc/self/statm` (kept open): after every request when
+//! `max_memory` is set, otherwise at most once a second for the scoreboard's RSS. Clocks
+//! are vDSO reads.
 //!
 //! With `threads` > 1 the worker's one scoreboard slot shows its oldest request in
 //! service (so the manager's last-resort kill at `request_terminate_timeout` sees the
@@ -209,8 +210,15 @@ impl Monitor {
             return;
         };
         let served = self.served.fetch_add(1, Ordering::Relaxed) + 1;
-        let need_rss = self.board.is_some() || self.max_memory > 0;
-        let rss = if need_rss { self.rss.read() } else { None };
+        // pm.max_memory judges the request that just ended, so it needs a fresh reading;
+        // the scoreboard's figure may be up to a second old (a system call saved).
+        let rss = if self.max_memory > 0 {
+            self.rss.read_now()
+        } else if self.board.is_some() {
+            self.rss.read()
+        } else {
+            None
+        };
         if let Some(slot) = self.slot() {
             slot.end_request(start.elapsed().as_micros() as u64, rss.unwrap_or(0));
             // Another request is still in service: show it (the oldest) again.

@@ -1,8 +1,17 @@
-//! Recycling inputs: the worker's resident set size (from `/proc/self/statm`) and the
-//! rule that decides when a worker asks to be replaced. Pure Rust, unit-tested alone.
+//! Recycling inputs: the worker's resident set size (from `/proc/self/statm`, read at
+//! most once per [`RSS_MAX_AGE`]) and the rule that decides when a worker asks to be
+//! replaced. Pure Rust, unit-tested alone.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a reading of the RSS is reused. Reading `/proc/self/statm` is a system call
+/// costing about a microsecond, an eighth of a small request's whole budget; reusing a
+/// reading for up to a second makes that negligible under load, while a worker serving
+/// less than a request a second still measures after every request.
+pub const RSS_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// The resident set size of this process, read from `/proc/self/statm`.
 #[derive(Debug)]
@@ -11,6 +20,13 @@ pub struct Rss {
     statm: Option<File>,
     /// Page size in bytes.
     page: u64,
+    /// The time base of `read_at_ns`.
+    epoch: Instant,
+    /// When the last reading was taken, in nanoseconds after `epoch` plus one (0: never).
+    /// Atomics rather than `Cell`s: the monitor holding this must be `Sync`.
+    read_at_ns: AtomicU64,
+    /// The last reading in bytes, `u64::MAX` for "could not read".
+    last: AtomicU64,
 }
 
 impl Rss {
@@ -21,11 +37,38 @@ impl Rss {
         Rss {
             statm: File::open("/proc/self/statm").ok(),
             page: u64::try_from(page).unwrap_or(4096),
+            epoch: Instant::now(),
+            read_at_ns: AtomicU64::new(0),
+            last: AtomicU64::new(u64::MAX),
         }
     }
 
-    /// Current RSS in bytes.
+    /// Current RSS in bytes, as of at most [`RSS_MAX_AGE`] ago: the last reading is
+    /// reused until it is that old, so calling this after every request costs a system
+    /// call at most once a second. The first call always reads.
     pub fn read(&self) -> Option<u64> {
+        // Saturates after 584 years.
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        self.read_as_of(now)
+    }
+
+    /// [`Rss::read`] at `now` nanoseconds after `epoch`.
+    fn read_as_of(&self, now: u64) -> Option<u64> {
+        // +1 keeps 0 for "never read".
+        let stamp = now + 1;
+        let read_at = self.read_at_ns.load(Ordering::Relaxed);
+        if read_at != 0 && stamp.saturating_sub(read_at) < RSS_MAX_AGE.as_nanos() as u64 {
+            let last = self.last.load(Ordering::Relaxed);
+            return (last != u64::MAX).then_some(last);
+        }
+        let rss = self.read_now();
+        self.last.store(rss.unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.read_at_ns.store(stamp, Ordering::Relaxed);
+        rss
+    }
+
+    /// Current RSS in bytes, read now.
+    pub fn read_now(&self) -> Option<u64> {
         let mut buf = [0u8; 128];
         let n = self.statm.as_ref()?.read_at(&mut buf, 0).ok()?;
         parse_statm_resident(&buf[..n]).map(|pages| pages * self.page)
@@ -66,6 +109,23 @@ mod tests {
         assert_eq!(parse_statm_resident(b"1 x"), None);
         let rss = Rss::open().read().expect("RSS of the test process");
         assert!(rss > 100 * 1024, "{rss}");
+    }
+
+    #[test]
+    fn readings_are_reused_for_up_to_max_age() {
+        let rss = Rss::open();
+        let max_age = RSS_MAX_AGE.as_nanos() as u64;
+        let first = rss.read_as_of(5).expect("RSS of the test process");
+        // Touch 16 MiB so that a fresh reading differs.
+        let grown = vec![1u8; 16 << 20];
+        assert!(grown.iter().map(|&b| u64::from(b)).sum::<u64>() > 0);
+        assert!(rss.read_now().expect("RSS") > first);
+        assert_eq!(rss.read_as_of(5 + max_age - 1), Some(first), "reused");
+        assert!(
+            rss.read_as_of(5 + max_age).expect("RSS") > first,
+            "read again"
+        );
+        drop(grown);
     }
 
     #[test]

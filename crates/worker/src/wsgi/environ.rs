@@ -7,12 +7,25 @@
 //! recomputed from the full path and the pool's mount point (see [`crate::http`]).
 //! REQUEST_METHOD, SERVER_NAME, SERVER_PORT, SERVER_PROTOCOL and QUERY_STRING always
 //! exist, so `wsgiref.validate` accepts the environ even from a minimal client.
+//!
+//! Building the environ was most of the server's own work per request, so objects are
+//! reused across requests (see [`Cache`]): each param name becomes an interned str once
+//! (which also makes the app's `environ['PATH_INFO']` a pointer comparison); each name
+//! remembers its last short value, reused while the value stays the same (most CGI
+//! variables and request headers repeat from one request to the next); and the environ
+//! itself starts as a copy of a template dict when the request has the same keys as an
+//! earlier one, so only the values that changed are set (see [`Template`]). Strs are
+//! immutable and each request gets its own dict, so none of this is visible to apps.
 
 use crate::http;
 use fastcgi::{Params, Role};
+use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple, PyType};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyDict, PyString, PyTuple, PyType};
+use std::cell::RefCell;
+use std::mem::ManuallyDrop;
 
 /// What the driver needs to know about a request besides the environ.
 #[derive(Debug)]
@@ -34,12 +47,15 @@ impl RequestInfo {
 
 /// A native str holding `bytes` decoded as latin-1 (PEP 3333 "bytes in a str").
 pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
-    match std::str::from_utf8(bytes) {
-        Ok(ascii) if bytes.is_ascii() => PyString::new(py, ascii),
-        _ => PyString::new(
-            py,
-            &bytes.iter().map(|&b| char::from(b)).collect::<String>(),
-        ),
+    // Latin-1 maps each byte to the code point of the same value, so this is exactly
+    // PEP 3333's decoding, and CPython does it with a scan and a memcpy (about a third
+    // of what the UTF-8 decoder costs for the same ASCII text).
+    let len = ffi::Py_ssize_t::try_from(bytes.len()).expect("a slice is shorter than isize::MAX");
+    // SAFETY: `bytes` is valid for `len` bytes; latin-1 decoding accepts any bytes, so
+    // the only failure is MemoryError, where from_owned_ptr panics as PyString::new does.
+    unsafe {
+        let ptr = ffi::PyUnicode_DecodeLatin1(bytes.as_ptr().cast(), len, std::ptr::null());
+        Bound::from_owned_ptr(py, ptr).cast_into_unchecked()
     }
 }
 
@@ -55,6 +71,490 @@ pub struct Streams<'a, 'py> {
     pub file_wrapper: &'a Bound<'py, PyType>,
 }
 
+/// How [`build`] treats a param, decided once per cached name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Copied into the environ as it is (a repeated `HTTP_*` one is joined to the first).
+    Plain,
+    /// HTTP_PROXY: never passed (httpoxy).
+    Dropped,
+    // Read by `build` and not copied as they are.
+    ScriptName,
+    PathInfo,
+    ContentLength,
+    ContentType,
+    HttpContentLength,
+    HttpContentType,
+    // The rest are copied too, and also read by `build`.
+    DocumentUri,
+    RequestUri,
+    Https,
+    RequestScheme,
+    RequestMethod,
+    QueryString,
+    HttpHost,
+    ServerName,
+    ServerPort,
+    ServerProtocol,
+}
+
+impl Kind {
+    fn of(name: &[u8]) -> Kind {
+        match name {
+            b"HTTP_PROXY" => Kind::Dropped,
+            b"SCRIPT_NAME" => Kind::ScriptName,
+            b"PATH_INFO" => Kind::PathInfo,
+            b"CONTENT_LENGTH" => Kind::ContentLength,
+            b"CONTENT_TYPE" => Kind::ContentType,
+            b"HTTP_CONTENT_LENGTH" => Kind::HttpContentLength,
+            b"HTTP_CONTENT_TYPE" => Kind::HttpContentType,
+            b"DOCUMENT_URI" => Kind::DocumentUri,
+            b"REQUEST_URI" => Kind::RequestUri,
+            b"HTTPS" => Kind::Https,
+            b"REQUEST_SCHEME" => Kind::RequestScheme,
+            b"REQUEST_METHOD" => Kind::RequestMethod,
+            b"QUERY_STRING" => Kind::QueryString,
+            b"HTTP_HOST" => Kind::HttpHost,
+            b"SERVER_NAME" => Kind::ServerName,
+            b"SERVER_PORT" => Kind::ServerPort,
+            b"SERVER_PROTOCOL" => Kind::ServerProtocol,
+            _ => Kind::Plain,
+        }
+    }
+}
+
+/// Names put in the cache when it is made, so that a client sending many made-up
+/// header names (which fill the cache) cannot push the usual ones out: the CGI
+/// variables of nginx's `fastcgi_params` and Apache's mod_proxy_fcgi, those [`build`]
+/// sets itself, and common request headers.
+const PRESET_NAMES: &[&[u8]] = &[
+    b"QUERY_STRING",
+    b"REQUEST_METHOD",
+    b"CONTENT_TYPE",
+    b"CONTENT_LENGTH",
+    b"SCRIPT_NAME",
+    b"PATH_INFO",
+    b"REQUEST_URI",
+    b"DOCUMENT_URI",
+    b"DOCUMENT_ROOT",
+    b"SERVER_PROTOCOL",
+    b"REQUEST_SCHEME",
+    b"HTTPS",
+    b"GATEWAY_INTERFACE",
+    b"SERVER_SOFTWARE",
+    b"REMOTE_ADDR",
+    b"REMOTE_PORT",
+    b"REMOTE_USER",
+    b"SERVER_ADDR",
+    b"SERVER_PORT",
+    b"SERVER_NAME",
+    b"REDIRECT_STATUS",
+    b"SCRIPT_FILENAME",
+    b"PATH_TRANSLATED",
+    b"AUTH_TYPE",
+    b"CONTEXT_DOCUMENT_ROOT",
+    b"CONTEXT_PREFIX",
+    b"SERVER_ADMIN",
+    b"SERVER_SIGNATURE",
+    b"HTTP_HOST",
+    b"HTTP_CONNECTION",
+    b"HTTP_USER_AGENT",
+    b"HTTP_ACCEPT",
+    b"HTTP_ACCEPT_ENCODING",
+    b"HTTP_ACCEPT_LANGUAGE",
+    b"HTTP_CACHE_CONTROL",
+    b"HTTP_COOKIE",
+    b"HTTP_AUTHORIZATION",
+    b"HTTP_REFERER",
+    b"HTTP_ORIGIN",
+    b"HTTP_IF_NONE_MATCH",
+    b"HTTP_IF_MODIFIED_SINCE",
+    b"HTTP_UPGRADE_INSECURE_REQUESTS",
+    b"HTTP_SEC_FETCH_DEST",
+    b"HTTP_SEC_FETCH_MODE",
+    b"HTTP_SEC_FETCH_SITE",
+    b"HTTP_SEC_FETCH_USER",
+    b"HTTP_X_FORWARDED_FOR",
+    b"HTTP_X_FORWARDED_PROTO",
+    b"HTTP_X_REAL_IP",
+    b"HTTP_X_REQUESTED_WITH",
+];
+
+/// Most names the cache holds: a bound on its memory whatever clients send.
+const MAX_NAMES: usize = 128;
+/// Slots of the cache's hash table: twice [`MAX_NAMES`], so probes stay short.
+const SLOTS: usize = 2 * MAX_NAMES;
+/// Longer names are not cached (real ones are far shorter).
+const MAX_NAME_LEN: usize = 64;
+/// Longer values are not remembered: long ones (cookies, long query strings) rarely
+/// repeat, and this bounds the cache's memory.
+const MAX_VALUE_LEN: usize = 128;
+/// Environ shapes (key sequences) kept as templates: a site whose requests come in a
+/// few shapes (with and without a cookie, say) does not rebuild templates in turn.
+const MAX_TEMPLATES: usize = 4;
+/// In [`Cache::last_names`]: the param at that position was not cached.
+const NOT_CACHED: u8 = u8::MAX;
+
+/// One cached param name.
+struct Entry {
+    /// The name's bytes.
+    name: Box<[u8]>,
+    /// The name as an interned str.
+    key: Py<PyString>,
+    /// How `build` treats it.
+    kind: Kind,
+    /// Whether values are remembered: not for credentials, which should not outlive
+    /// their request in the worker's memory (nor would they repeat across clients).
+    remember: bool,
+    /// The last value remembered, and its str.
+    value: Option<(Vec<u8>, Py<PyString>)>,
+}
+
+/// An environ kept to be copied: `PyDict_Copy` clones a dict's hash table in one go,
+/// several times cheaper than inserting its ~40 items one by one (hashing, probing,
+/// three resizes), so a request whose environ has the same keys in the same order
+/// starts from a copy and only the values that differ are set.
+struct Template {
+    /// The keys in insertion order. Borrowed: each is a cache entry's key or an
+    /// `intern!` str, both alive for the process's life; compared by address only.
+    keys: Vec<*mut ffi::PyObject>,
+    /// The value at each position when the template was made (`None` for per-request
+    /// objects and values not to be kept). Borrowed from `dict`; compared by address.
+    values: Vec<*mut ffi::PyObject>,
+    /// The environ itself, never handed out (only copies are).
+    dict: Py<PyDict>,
+}
+
+/// The str objects reused from one request to the next: per name an interned key and
+/// its last value, plus a few environ templates. Bounded ([`MAX_NAMES`],
+/// [`MAX_NAME_LEN`], [`MAX_VALUE_LEN`], [`MAX_TEMPLATES`]); names beyond the bound
+/// simply get fresh strs every time.
+struct Cache {
+    /// Open addressing, linear probing: an index into `entries` plus one, 0 = free.
+    slots: [u8; SLOTS],
+    entries: Vec<Entry>,
+    /// The entry of each param of the previous request, by position: requests from one
+    /// web server send their params in the same order, so comparing the name with the
+    /// entry at its position is usually the whole lookup.
+    last_names: Vec<u8>,
+    templates: Vec<Template>,
+    /// Which template the next new one replaces once there are [`MAX_TEMPLATES`].
+    next_template: usize,
+}
+
+/// `a == b` for the short byte strings of params, without a call to `memcmp`: names
+/// and values are compared several times per param, and the call cost more than the
+/// comparison.
+#[inline(always)]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], i: usize| u64::from_ne_bytes(s[i..i + 8].try_into().expect("8 bytes"));
+    let half = |s: &[u8], i: usize| u32::from_ne_bytes(s[i..i + 4].try_into().expect("4 bytes"));
+    match n {
+        0..=3 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..=8 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        9..=32 => {
+            // Whole words, the last one overlapping its predecessor.
+            let mut i = 0;
+            while i + 8 < n {
+                if word(a, i) != word(b, i) {
+                    return false;
+                }
+                i += 8;
+            }
+            word(a, n - 8) == word(b, n - 8)
+        }
+        _ => a == b,
+    }
+}
+
+/// A cheap hash of a name. Not keyed: the table is bounded, so colliding names can
+/// only lengthen probes up to [`MAX_NAMES`], and only until the table is full.
+fn name_hash(name: &[u8]) -> usize {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = name.len() as u64;
+    let mut words = name.chunks_exact(8);
+    for word in &mut words {
+        let w = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        h = (h ^ w).wrapping_mul(K).rotate_left(29);
+    }
+    let mut tail = 0u64;
+    for (i, &b) in words.remainder().iter().enumerate() {
+        tail |= u64::from(b) << (8 * i);
+    }
+    h = (h ^ tail).wrapping_mul(K);
+    (h >> 40) as usize
+}
+
+impl Cache {
+    const fn new() -> Cache {
+        Cache {
+            slots: [0; SLOTS],
+            entries: Vec::new(),
+            last_names: Vec::new(),
+            templates: Vec::new(),
+            next_template: 0,
+        }
+    }
+
+    /// The entry for `name`, created if there is room; `None` when it cannot be cached.
+    fn entry(&mut self, py: Python<'_>, name: &[u8]) -> Option<usize> {
+        if self.entries.is_empty() {
+            self.entries.reserve_exact(MAX_NAMES);
+            for preset in PRESET_NAMES {
+                self.find_or_add(py, preset);
+            }
+        }
+        self.find_or_add(py, name)
+    }
+
+    /// [`Cache::entry`] for the param at `position`, trying the previous request's
+    /// name at that position first.
+    fn entry_at(&mut self, py: Python<'_>, position: usize, name: &[u8]) -> Option<usize> {
+        if let Some(&last) = self.last_names.get(position) {
+            if last != NOT_CACHED && same_bytes(&self.entries[usize::from(last)].name, name) {
+                return Some(usize::from(last));
+            }
+        }
+        let index = self.entry(py, name);
+        // Entries number at most MAX_NAMES (128): an index fits a u8 below NOT_CACHED.
+        let code = index.map_or(NOT_CACHED, |i| i as u8);
+        match self.last_names.get_mut(position) {
+            Some(last) => *last = code,
+            None => self.last_names.push(code),
+        }
+        index
+    }
+
+    fn find_or_add(&mut self, py: Python<'_>, name: &[u8]) -> Option<usize> {
+        let mut slot = name_hash(name) % SLOTS;
+        loop {
+            match self.slots[slot] {
+                0 => break,
+                n => {
+                    let index = usize::from(n) - 1;
+                    if same_bytes(&self.entries[index].name, name) {
+                        return Some(index);
+                    }
+                }
+            }
+            slot = (slot + 1) % SLOTS;
+        }
+        if self.entries.len() >= MAX_NAMES || name.len() > MAX_NAME_LEN {
+            return None;
+        }
+        let mut key = latin1(py, name).into_ptr();
+        // SAFETY: `key` is an owned reference to an exact str; InternInPlace replaces it
+        // with the interned one, keeping the reference owned.
+        let key = unsafe {
+            ffi::PyUnicode_InternInPlace(&mut key);
+            Bound::from_owned_ptr(py, key).cast_into_unchecked::<PyString>()
+        };
+        self.entries.push(Entry {
+            name: name.into(),
+            key: key.unbind(),
+            kind: Kind::of(name),
+            remember: !matches!(
+                name,
+                b"HTTP_AUTHORIZATION" | b"HTTP_PROXY_AUTHORIZATION" | b"HTTP_COOKIE"
+            ),
+            value: None,
+        });
+        // At most MAX_NAMES (128) entries: the index plus one fits a u8.
+        self.slots[slot] = self.entries.len() as u8;
+        Some(self.entries.len() - 1)
+    }
+
+    /// The str for the value `bytes` of entry `index`: the remembered one if the
+    /// value is unchanged, else a new one (remembered if short enough). The flag says
+    /// whether the str is the remembered one, which a template may keep.
+    fn value<'py>(
+        &mut self,
+        py: Python<'py>,
+        index: usize,
+        bytes: &[u8],
+    ) -> (Bound<'py, PyString>, bool) {
+        let entry = &mut self.entries[index];
+        if let Some((last, text)) = &entry.value {
+            if same_bytes(last, bytes) {
+                return (text.bind(py).clone(), true);
+            }
+        }
+        let text = latin1(py, bytes);
+        if !entry.remember || bytes.len() > MAX_VALUE_LEN {
+            return (text, false);
+        }
+        match &mut entry.value {
+            Some((last, old)) => {
+                last.clear();
+                last.extend_from_slice(bytes);
+                *old = text.clone().unbind();
+            }
+            None => entry.value = Some((bytes.to_vec(), text.clone().unbind())),
+        }
+        (text, true)
+    }
+
+    /// The item `name` = `value`, for names `build` sets itself.
+    fn item<'a, 'py>(&mut self, py: Python<'py>, name: &'a [u8], value: &[u8]) -> Item<'a, 'py> {
+        match self.entry(py, name) {
+            Some(i) => {
+                let (value, shareable) = self.value(py, i, value);
+                Item {
+                    key: Key::Cached(self.entries[i].key.as_ptr()),
+                    value: value.into_any(),
+                    shareable,
+                }
+            }
+            None => Item {
+                key: Key::Owned(latin1(py, name), name),
+                value: latin1(py, value).into_any(),
+                shareable: false,
+            },
+        }
+    }
+
+    /// A copy of the template whose keys are those of `items`, with the values of
+    /// `items` set where they differ; `None` when no template has this shape.
+    fn copy_template<'py>(
+        &self,
+        py: Python<'py>,
+        items: &[Item<'_, 'py>],
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(template) = self.templates.iter().find(|t| {
+            t.keys.len() == items.len()
+                && t.keys
+                    .iter()
+                    .zip(items)
+                    .all(|(k, item)| item.key.cached() == Some(*k))
+        }) else {
+            return Ok(None);
+        };
+        // SAFETY: a valid dict; PyDict_Copy returns a new reference or NULL with an
+        // exception set.
+        let environ = unsafe {
+            Bound::from_owned_ptr_or_err(py, ffi::PyDict_Copy(template.dict.as_ptr()))?
+                .cast_into_unchecked::<PyDict>()
+        };
+        // The template has no repeated key (see `keep_template`), so each position is
+        // its own key and the order of these updates does not matter.
+        for ((key, was), item) in template.keys.iter().zip(&template.values).zip(items) {
+            if item.value.as_ptr() != *was {
+                set_raw(&environ, *key, &item.value)?;
+            }
+        }
+        Ok(Some(environ))
+    }
+
+    /// Keep `environ`, built from `items`, as a template if it can be one: every key
+    /// cached (so that shapes compare by address) and none repeated (so that each
+    /// position is one key).
+    fn keep_template(
+        &mut self,
+        py: Python<'_>,
+        environ: &Bound<'_, PyDict>,
+        items: &[Item<'_, '_>],
+    ) -> PyResult<()> {
+        let keys: Option<Vec<_>> = items.iter().map(|item| item.key.cached()).collect();
+        let Some(keys) = keys else {
+            return Ok(());
+        };
+        if environ.len() != items.len() {
+            return Ok(());
+        }
+        // SAFETY: as in `copy_template`.
+        let dict = unsafe {
+            Bound::from_owned_ptr_or_err(py, ffi::PyDict_Copy(environ.as_ptr()))?
+                .cast_into_unchecked::<PyDict>()
+        };
+        let none = py.None().into_bound(py);
+        let mut values = Vec::with_capacity(items.len());
+        for (key, item) in keys.iter().zip(items) {
+            if item.shareable {
+                values.push(item.value.as_ptr());
+            } else {
+                // Per-request objects (wsgi.input...) must not be kept alive by the
+                // template, nor credentials outlive their request.
+                set_raw(&dict, *key, &none)?;
+                values.push(none.as_ptr());
+            }
+        }
+        let template = Template {
+            keys,
+            values,
+            dict: dict.unbind(),
+        };
+        if self.templates.len() < MAX_TEMPLATES {
+            self.templates.push(template);
+        } else {
+            self.templates[self.next_template] = template;
+            self.next_template = (self.next_template + 1) % MAX_TEMPLATES;
+        }
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// The worker's cache. Only its serving thread builds environs; ManuallyDrop: never
+    /// dropped, so no str is released after the interpreter has finalized at exit.
+    static CACHE: ManuallyDrop<RefCell<Cache>> =
+        const { ManuallyDrop::new(RefCell::new(Cache::new())) };
+}
+
+/// A key of the environ being built.
+enum Key<'a, 'py> {
+    /// A cache entry's key or an `intern!` str: both live as long as the process, so
+    /// the pointer is borrowed without a reference count.
+    Cached(*mut ffi::PyObject),
+    /// A name the cache could not take, and its bytes.
+    Owned(Bound<'py, PyString>, &'a [u8]),
+}
+
+impl Key<'_, '_> {
+    fn cached(&self) -> Option<*mut ffi::PyObject> {
+        match self {
+            Key::Cached(key) => Some(*key),
+            Key::Owned(..) => None,
+        }
+    }
+}
+
+/// One `environ[key] = value`, in the order they are applied.
+struct Item<'a, 'py> {
+    key: Key<'a, 'py>,
+    value: Bound<'py, PyAny>,
+    /// The value may be kept by a template: a remembered str or a constant.
+    shareable: bool,
+}
+
+impl<'py> Item<'_, 'py> {
+    /// An item whose key is an `intern!` str.
+    fn fixed(key: &Bound<'py, PyString>, value: &Bound<'py, PyAny>, shareable: bool) -> Self {
+        Item {
+            key: Key::Cached(key.as_ptr()),
+            value: value.clone(),
+            shareable,
+        }
+    }
+}
+
+/// `environ[key] = value` (PyDict_SetItem takes its own references).
+fn set_raw(
+    environ: &Bound<'_, PyDict>,
+    key: *mut ffi::PyObject,
+    value: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    // SAFETY: a dict, a live key (see `Key::Cached`) and a live value.
+    if unsafe { ffi::PyDict_SetItem(environ.as_ptr(), key, value.as_ptr()) } == 0 {
+        Ok(())
+    } else {
+        Err(PyErr::fetch(environ.py()))
+    }
+}
+
 /// Build the environ for `params`.
 pub fn build<'py>(
     py: Python<'py>,
@@ -63,7 +563,22 @@ pub fn build<'py>(
     mount: &str,
     streams: Streams<'_, 'py>,
 ) -> PyResult<(Bound<'py, PyDict>, RequestInfo)> {
-    let environ = PyDict::new(py);
+    CACHE.with(|cache| match cache.try_borrow_mut() {
+        Ok(mut cache) => build_with(py, &mut cache, params, role, mount, streams),
+        // Only if building re-entered itself (nothing does): an empty cache is correct,
+        // just slower.
+        Err(_) => build_with(py, &mut Cache::new(), params, role, mount, streams),
+    })
+}
+
+fn build_with<'py>(
+    py: Python<'py>,
+    cache: &mut Cache,
+    params: &Params,
+    role: Role,
+    mount: &str,
+    streams: Streams<'_, 'py>,
+) -> PyResult<(Bound<'py, PyDict>, RequestInfo)> {
     let mut script_name = None;
     let mut path_info = None;
     let mut document_uri = None;
@@ -80,45 +595,71 @@ pub fn build<'py>(
     let mut has_server_name = false;
     let mut has_server_port = false;
     let mut has_server_protocol = false;
+    // The environ is first listed as items, then made in one go (see `Template`).
+    let mut items: Vec<Item<'_, 'py>> = Vec::with_capacity(48);
+    // Cache entries already listed (at most MAX_NAMES = 128 of them) and where, to
+    // find repeated headers without a dict look-up.
+    let mut seen: u128 = 0;
+    let mut listed_at = [0u32; MAX_NAMES];
 
-    for (name, value) in params.iter() {
-        match name {
-            b"HTTP_PROXY" => continue,
-            b"SCRIPT_NAME" => script_name = Some(value),
-            b"PATH_INFO" => path_info = Some(value),
-            b"CONTENT_LENGTH" => content_length = Some(value),
-            b"CONTENT_TYPE" => content_type = Some(value),
-            b"HTTP_CONTENT_LENGTH" => http_content_length = Some(value),
-            b"HTTP_CONTENT_TYPE" => http_content_type = Some(value),
+    for (position, (name, value)) in params.iter().enumerate() {
+        let index = cache.entry_at(py, position, name);
+        let kind = index.map_or_else(|| Kind::of(name), |i| cache.entries[i].kind);
+        match kind {
+            Kind::Dropped => continue,
+            Kind::ScriptName => script_name = Some(value),
+            Kind::PathInfo => path_info = Some(value),
+            Kind::ContentLength => content_length = Some(value),
+            Kind::ContentType => content_type = Some(value),
+            Kind::HttpContentLength => http_content_length = Some(value),
+            Kind::HttpContentType => http_content_type = Some(value),
             _ => {
-                match name {
-                    b"DOCUMENT_URI" => document_uri = Some(value),
-                    b"REQUEST_URI" => request_uri = Some(value),
-                    b"HTTPS" => https = Some(value),
-                    b"REQUEST_SCHEME" => request_scheme = Some(value),
-                    b"REQUEST_METHOD" => method = Some(value),
-                    b"QUERY_STRING" => query_string = Some(value),
-                    b"HTTP_HOST" => http_host = Some(value),
-                    b"SERVER_NAME" => has_server_name = true,
-                    b"SERVER_PORT" => has_server_port = true,
-                    b"SERVER_PROTOCOL" => has_server_protocol = true,
+                match kind {
+                    Kind::DocumentUri => document_uri = Some(value),
+                    Kind::RequestUri => request_uri = Some(value),
+                    Kind::Https => https = Some(value),
+                    Kind::RequestScheme => request_scheme = Some(value),
+                    Kind::RequestMethod => method = Some(value),
+                    Kind::QueryString => query_string = Some(value),
+                    Kind::HttpHost => http_host = Some(value),
+                    Kind::ServerName => has_server_name = true,
+                    Kind::ServerPort => has_server_port = true,
+                    Kind::ServerProtocol => has_server_protocol = true,
                     _ => {}
                 }
-                let key = latin1(py, name);
-                // nginx before 1.23 sends a repeated request header as repeated HTTP_*
-                // params; join them as an HTTP proxy would (RFC 9110 §5.3), cookies with
-                // "; ". Other repeated params keep the last value.
-                if name.starts_with(b"HTTP_") {
-                    if let Some(prev) = environ.get_item(&key)? {
-                        let sep = if name == b"HTTP_COOKIE" { "; " } else { ", " };
-                        let mut joined: String = prev.extract()?;
-                        joined.push_str(sep);
-                        joined.extend(value.iter().map(|&b| char::from(b)));
-                        environ.set_item(key, joined)?;
-                        continue;
-                    }
+                let Some(i) = index else {
+                    // Repeats of uncached names are resolved against the dict (`make`).
+                    items.push(Item {
+                        key: Key::Owned(latin1(py, name), name),
+                        value: latin1(py, value).into_any(),
+                        shareable: false,
+                    });
+                    continue;
+                };
+                let bit = 1u128 << i;
+                if seen & bit != 0 && name.starts_with(b"HTTP_") {
+                    // nginx before 1.23 sends a repeated request header as repeated
+                    // HTTP_* params; join them as an HTTP proxy would (RFC 9110 §5.3),
+                    // cookies with "; ". Other repeated params keep the last value (a
+                    // repeated item: later items overwrite earlier ones).
+                    let first = &mut items[listed_at[i] as usize];
+                    let sep = if name == b"HTTP_COOKIE" { "; " } else { ", " };
+                    let mut joined: String = first.value.extract()?;
+                    joined.push_str(sep);
+                    joined.extend(value.iter().map(|&b| char::from(b)));
+                    first.value = PyString::new(py, &joined).into_any();
+                    first.shareable = false;
+                    continue;
                 }
-                environ.set_item(key, latin1(py, value))?;
+                seen |= bit;
+                // Items number at most the params plus a few, far below 2^32.
+                listed_at[i] = items.len() as u32;
+                let (value, shareable) = cache.value(py, i, value);
+                items.push(Item {
+                    key: Key::Cached(cache.entries[i].key.as_ptr()),
+                    value: value.into_any(),
+                    shareable,
+                });
             }
         }
     }
@@ -130,19 +671,20 @@ pub fn build<'py>(
         .or(http_content_length.filter(|v| !v.is_empty()));
     let length = length_raw.and_then(http::parse_content_length);
     if let (Some(raw), Some(_)) = (length_raw, length) {
-        environ.set_item(intern!(py, "CONTENT_LENGTH"), latin1(py, raw))?;
+        items.push(cache.item(py, b"CONTENT_LENGTH", raw));
     }
     if let Some(ctype) = content_type
         .filter(|v| !v.is_empty())
         .or(http_content_type.filter(|v| !v.is_empty()))
     {
-        environ.set_item(intern!(py, "CONTENT_TYPE"), latin1(py, ctype))?;
+        items.push(cache.item(py, b"CONTENT_TYPE", ctype));
     }
 
     let method = match method {
         Some(m) if !m.is_empty() => http::log_safe(m),
         _ => {
-            environ.set_item(intern!(py, "REQUEST_METHOD"), intern!(py, "GET"))?;
+            let get = intern!(py, "GET").as_any();
+            items.push(Item::fixed(intern!(py, "REQUEST_METHOD"), get, true));
             "GET".to_string()
         }
     };
@@ -152,41 +694,85 @@ pub fn build<'py>(
             .map(host_without_port)
             .filter(|h| !h.is_empty())
             .unwrap_or(b"localhost");
-        environ.set_item(intern!(py, "SERVER_NAME"), latin1(py, host))?;
+        items.push(cache.item(py, b"SERVER_NAME", host));
     }
     if !has_server_port {
-        let port = if scheme == "https" { "443" } else { "80" };
-        environ.set_item(intern!(py, "SERVER_PORT"), port)?;
+        let port = if scheme == "https" {
+            intern!(py, "443")
+        } else {
+            intern!(py, "80")
+        };
+        items.push(Item::fixed(intern!(py, "SERVER_PORT"), port.as_any(), true));
     }
     if !has_server_protocol {
-        environ.set_item(intern!(py, "SERVER_PROTOCOL"), intern!(py, "HTTP/1.1"))?;
+        let protocol = intern!(py, "HTTP/1.1").as_any();
+        items.push(Item::fixed(intern!(py, "SERVER_PROTOCOL"), protocol, true));
     }
     if query_string.is_none() {
-        environ.set_item(intern!(py, "QUERY_STRING"), intern!(py, ""))?;
+        let empty = intern!(py, "").as_any();
+        items.push(Item::fixed(intern!(py, "QUERY_STRING"), empty, true));
     }
 
     let full = http::full_path(script_name, path_info, document_uri, request_uri);
     let (script, path) = http::split_mount(&full, mount.as_bytes());
-    environ.set_item(intern!(py, "SCRIPT_NAME"), latin1(py, script))?;
-    environ.set_item(intern!(py, "PATH_INFO"), latin1(py, path))?;
+    items.push(cache.item(py, b"SCRIPT_NAME", script));
+    items.push(cache.item(py, b"PATH_INFO", path));
 
-    environ.set_item(intern!(py, "wsgi.version"), PyTuple::new(py, [1, 0])?)?;
-    environ.set_item(intern!(py, "wsgi.url_scheme"), scheme)?;
-    environ.set_item(intern!(py, "wsgi.input"), streams.input)?;
-    environ.set_item(intern!(py, "wsgi.errors"), streams.errors)?;
-    environ.set_item(intern!(py, "wsgi.multithread"), false)?;
-    environ.set_item(intern!(py, "wsgi.multiprocess"), true)?;
-    environ.set_item(intern!(py, "wsgi.run_once"), false)?;
-    // The body always ends at the end of FCGI_STDIN, so apps may read to EOF without a
-    // CONTENT_LENGTH (the mod_wsgi / gunicorn convention Werkzeug honours).
-    environ.set_item(intern!(py, "wsgi.input_terminated"), true)?;
-    environ.set_item(intern!(py, "wsgi.file_wrapper"), streams.file_wrapper)?;
-    if let Some(role) = role.as_str() {
-        environ.set_item(intern!(py, "FCGI_ROLE"), role)?;
+    static WSGI_VERSION: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+    let version = WSGI_VERSION
+        .get_or_try_init(py, || PyTuple::new(py, [1, 0]).map(Bound::unbind))?
+        .bind(py)
+        .as_any();
+    let url_scheme = if scheme == "https" {
+        intern!(py, "https")
+    } else {
+        intern!(py, "http")
+    };
+    let yes = PyBool::new(py, true).to_owned().into_any();
+    let no = PyBool::new(py, false).to_owned().into_any();
+    items.extend([
+        Item::fixed(intern!(py, "wsgi.version"), version, true),
+        Item::fixed(intern!(py, "wsgi.url_scheme"), url_scheme.as_any(), true),
+        Item::fixed(intern!(py, "wsgi.input"), streams.input, false),
+        Item::fixed(intern!(py, "wsgi.errors"), streams.errors, false),
+        Item::fixed(intern!(py, "wsgi.multithread"), &no, true),
+        Item::fixed(intern!(py, "wsgi.multiprocess"), &yes, true),
+        Item::fixed(intern!(py, "wsgi.run_once"), &no, true),
+        // The body always ends at the end of FCGI_STDIN, so apps may read to EOF
+        // without a CONTENT_LENGTH (the mod_wsgi / gunicorn convention Werkzeug
+        // honours).
+        Item::fixed(intern!(py, "wsgi.input_terminated"), &yes, true),
+        Item::fixed(
+            intern!(py, "wsgi.file_wrapper"),
+            streams.file_wrapper.as_any(),
+            true,
+        ),
+    ]);
+    let role_name = match role {
+        Role::Responder => Some(intern!(py, "RESPONDER")),
+        Role::Authorizer => Some(intern!(py, "AUTHORIZER")),
+        Role::Filter => Some(intern!(py, "FILTER")),
+        Role::Other(_) => None,
+    };
+    if let Some(role_name) = role_name {
+        items.push(Item::fixed(
+            intern!(py, "FCGI_ROLE"),
+            role_name.as_any(),
+            true,
+        ));
     }
     if let Some(data) = streams.data {
-        environ.set_item(intern!(py, "fcgi.data"), data)?;
+        items.push(Item::fixed(intern!(py, "fcgi.data"), data, false));
     }
+
+    let environ = match cache.copy_template(py, &items)? {
+        Some(environ) => environ,
+        None => {
+            let environ = make(py, &items)?;
+            cache.keep_template(py, &environ, &items)?;
+            environ
+        }
+    };
 
     let uri = match request_uri {
         Some(uri) if !uri.is_empty() => http::log_safe(uri),
@@ -207,6 +793,32 @@ pub fn build<'py>(
             content_length: length,
         },
     ))
+}
+
+/// A new environ holding `items`, applied in order.
+fn make<'py>(py: Python<'py>, items: &[Item<'_, 'py>]) -> PyResult<Bound<'py, PyDict>> {
+    let environ = PyDict::new(py);
+    for item in items {
+        match &item.key {
+            Key::Cached(key) => set_raw(&environ, *key, &item.value)?,
+            Key::Owned(key, name) => {
+                // A repeated header the cache could not take: joined as in
+                // `build_with`.
+                if name.starts_with(b"HTTP_") {
+                    if let Some(prev) = environ.get_item(key)? {
+                        let sep = if *name == b"HTTP_COOKIE" { "; " } else { ", " };
+                        let mut joined: String = prev.extract()?;
+                        joined.push_str(sep);
+                        joined.push_str(&item.value.extract::<String>()?);
+                        environ.set_item(key, joined)?;
+                        continue;
+                    }
+                }
+                environ.set_item(key, &item.value)?;
+            }
+        }
+    }
+    Ok(environ)
 }
 
 /// The host part of a Host header value (`example.com:8080` -> `example.com`,

@@ -6,11 +6,49 @@
 //! non-empty body chunk, so a later `start_response(..., exc_info)` can still replace it.
 
 use super::op_error;
-use crate::conn::{Shared, lock};
+use crate::conn::{Conn, Shared, lock, try_lock};
 use crate::http::{HeaderBlock, validate_status};
 use pyo3::exceptions::{PyAssertionError, PyTypeError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use std::os::raw::c_char;
+
+unsafe extern "C" {
+    /// Exported by every CPython 3 but part of the limited API only from 3.10, so
+    /// pyo3's abi3-py39 build reads strs through a temporary bytes object and a Rust
+    /// copy instead; this returns the str's own UTF-8 (for ASCII, its data itself).
+    fn PyUnicode_AsUTF8AndSize(
+        unicode: *mut ffi::PyObject,
+        size: *mut ffi::Py_ssize_t,
+    ) -> *const c_char;
+}
+
+/// The UTF-8 text of `text`, borrowed from the str object (no copy for ASCII).
+fn utf8<'a>(text: &'a Bound<'_, PyString>) -> PyResult<&'a str> {
+    let mut size: ffi::Py_ssize_t = 0;
+    // SAFETY: a valid str; the result is NULL with an exception set (a lone surrogate),
+    // or `size` bytes of UTF-8 owned by the str, alive as long as the borrow of `text`.
+    unsafe {
+        let data = PyUnicode_AsUTF8AndSize(text.as_ptr(), &mut size);
+        if data.is_null() {
+            return Err(PyErr::fetch(text.py()));
+        }
+        let bytes = std::slice::from_raw_parts(data.cast::<u8>(), size as usize);
+        Ok(std::str::from_utf8_unchecked(bytes))
+    }
+}
+
+/// Run `f`, which must not block (no socket I/O), on the connection. Waiting for its
+/// mutex happens only with the GIL released (the rule of [`crate::conn`]); but when the
+/// mutex is free, as it nearly always is, it is taken at once: releasing and retaking
+/// the GIL twice per `start_response` cost more than the rest of the call.
+fn with_conn<R: Send>(py: Python<'_>, conn: &Shared, f: impl FnOnce(&mut Conn) -> R + Send) -> R {
+    match try_lock(conn) {
+        Some(mut guard) => f(&mut guard),
+        None => py.detach(|| f(&mut lock(conn))),
+    }
+}
 
 /// The type name of `obj`, for error messages.
 pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
@@ -46,10 +84,17 @@ fn encode_headers(
             type_name(status)
         ))
     })?;
-    let status = status.to_cow()?;
-    let code = validate_status(&status)
+    let status = utf8(status)?;
+    let code = validate_status(status)
         .map_err(|e| PyValueError::new_err(format!("start_response(): {e}: {status:?}")))?;
-    let mut block = HeaderBlock::new(&status);
+    let mut block = HeaderBlock::new(status);
+    if let Ok(list) = headers.cast_exact::<PyList>() {
+        // The usual `[(name, value), ...]`: indexed directly, without an iterator.
+        for item in list.iter() {
+            push_header(&mut block, &item)?;
+        }
+        return Ok((block.finish(), code));
+    }
     if headers.is_instance_of::<PyString>() || headers.is_instance_of::<PyBytes>() {
         return Err(PyTypeError::new_err(
             "start_response(): headers must be a list of (name, value) tuples, not a string",
@@ -62,28 +107,38 @@ fn encode_headers(
         ))
     })?;
     for item in items {
-        let item = item?;
-        let bad_item = || {
-            PyTypeError::new_err(format!(
-                "start_response(): each header must be a (name, value) tuple of two str, \
-                 got {}",
-                item.repr()
-                    .map_or_else(|_| type_name(&item), |r| r.to_string())
-            ))
-        };
+        push_header(&mut block, &item?)?;
+    }
+    Ok((block.finish(), code))
+}
+
+/// Check one `(name, value)` header and add it to `block`.
+fn push_header(block: &mut HeaderBlock, item: &Bound<'_, PyAny>) -> PyResult<()> {
+    let bad_item = || {
+        PyTypeError::new_err(format!(
+            "start_response(): each header must be a (name, value) tuple of two str, got {}",
+            item.repr()
+                .map_or_else(|_| type_name(item), |r| r.to_string())
+        ))
+    };
+    let (name, value) = if let Ok(pair) = item.cast_exact::<PyTuple>() {
+        // The usual exact tuple: its items read in place.
+        if pair.len() != 2 {
+            return Err(bad_item());
+        }
+        (pair.get_item(0)?, pair.get_item(1)?)
+    } else {
         if item.is_instance_of::<PyString>() || item.len().ok() != Some(2) {
             return Err(bad_item());
         }
-        let name = item.get_item(0)?;
-        let value = item.get_item(1)?;
-        let (Ok(name), Ok(value)) = (name.cast::<PyString>(), value.cast::<PyString>()) else {
-            return Err(bad_item());
-        };
-        block
-            .push(&name.to_cow()?, &value.to_cow()?)
-            .map_err(|e| PyValueError::new_err(format!("start_response(): {e}")))?;
-    }
-    Ok((block.finish(), code))
+        (item.get_item(0)?, item.get_item(1)?)
+    };
+    let (Ok(name), Ok(value)) = (name.cast::<PyString>(), value.cast::<PyString>()) else {
+        return Err(bad_item());
+    };
+    block
+        .push(utf8(name)?, utf8(value)?)
+        .map_err(|e| PyValueError::new_err(format!("start_response(): {e}")))
 }
 
 #[pymethods]
@@ -97,9 +152,8 @@ impl StartResponse {
         exc_info: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Write> {
         let (conn, seq) = (&self.conn, self.seq);
-        let (started, sent) = py
-            .detach(|| lock(conn).response_state(seq))
-            .map_err(op_error)?;
+        let (started, sent) =
+            with_conn(py, conn, |conn| conn.response_state(seq)).map_err(op_error)?;
         let has_exc_info = match exc_info {
             Some(info) => info.is_truthy()?,
             None => false,
@@ -122,8 +176,7 @@ impl StartResponse {
             ));
         }
         let (block, code) = encode_headers(status, headers)?;
-        py.detach(|| lock(conn).set_headers(seq, block, code))
-            .map_err(op_error)?;
+        with_conn(py, conn, |conn| conn.set_headers(seq, block, code)).map_err(op_error)?;
         Ok(Write {
             conn: self.conn.clone(),
             seq: self.seq,
