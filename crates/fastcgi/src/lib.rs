@@ -61,7 +61,7 @@ pub mod server;
 pub use body::{BeginRequestBody, EndRequestBody};
 pub use client::{ClientConnection, ClientEvent};
 pub use encode::*;
-pub use nv::{NameValueIter, Params};
+pub use nv::{NameValueIter, Params, same_bytes};
 pub use record::{Header, ProtocolStatus, Record, RecordDecoder, RecordType, Role};
 pub use server::{Event, ServerConfig, ServerConnection};
 

@@ -87,10 +87,11 @@ fn split_pair(input: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
     Some((name, value, rest))
 }
 
-/// `a == b` for the short names of params, without a call to `memcmp`: [`Params::get`]
-/// compares every name of the same length, and the call cost more than the comparison.
+/// `a == b` for the short byte strings of params (names, values), without a call to
+/// `memcmp`: [`Params::get`] compares every name of the same length, and the call cost
+/// more than the comparison. Public for the worker, which compares params the same way.
 #[inline(always)]
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
     if n != b.len() {
         return false;

@@ -18,6 +18,7 @@
 //! immutable and each request gets its own dict, so none of this is visible to apps.
 
 use crate::http;
+use fastcgi::same_bytes;
 use fastcgi::{Params, Role};
 use pyo3::ffi;
 use pyo3::intern;
@@ -240,35 +241,6 @@ struct Cache {
     templates: Vec<Template>,
     /// Which template the next new one replaces once there are [`MAX_TEMPLATES`].
     next_template: usize,
-}
-
-/// `a == b` for the short byte strings of params, without a call to `memcmp`: names
-/// and values are compared several times per param, and the call cost more than the
-/// comparison.
-#[inline(always)]
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    let word = |s: &[u8], i: usize| u64::from_ne_bytes(s[i..i + 8].try_into().expect("8 bytes"));
-    let half = |s: &[u8], i: usize| u32::from_ne_bytes(s[i..i + 4].try_into().expect("4 bytes"));
-    match n {
-        0..=3 => a.iter().zip(b).all(|(x, y)| x == y),
-        4..=8 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
-        9..=32 => {
-            // Whole words, the last one overlapping its predecessor.
-            let mut i = 0;
-            while i + 8 < n {
-                if word(a, i) != word(b, i) {
-                    return false;
-                }
-                i += 8;
-            }
-            word(a, n - 8) == word(b, n - 8)
-        }
-        _ => a == b,
-    }
 }
 
 /// A cheap hash of a name. Not keyed: the table is bounded, so colliding names can
