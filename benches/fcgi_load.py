@@ -20,11 +20,10 @@ body, FCGI_REQUEST_COMPLETE. The first failure stops the run with exit status 1.
     # one kept connection for all (fastcgi_keep_conn on)
     python3 benches/fcgi_load.py --socket /tmp/x/www.sock --requests 2000 --keep-conn
 
-Measuring the worker's instructions per request: run the worker under callgrind (a
-pool's `python:` may name a wrapper script that execs
-`valgrind --tool=callgrind <real python> "$@"` for the worker's command line), serve
-two runs of different lengths, e.g. 2000 and 12000 requests, and divide the difference
-of the totals by 10000; start-up and shutdown cancel out.
+Measuring the worker's instructions per request: run the worker under callgrind (see
+"Cost per request without wrk" in benches/README.md), serve two runs of different
+lengths, e.g. 2000 and 12000 requests, and divide the difference of the totals by
+10000; start-up and shutdown cancel out.
 """
 
 import argparse
@@ -49,7 +48,8 @@ FIRST_PORT, PORTS = 32768, 28000
 def record(rtype, content=b"", request_id=REQUEST_ID):
     """One record, content padded to a multiple of 8 bytes (as nginx pads)."""
     pad = -len(content) % 8
-    return HEADER.pack(FCGI_VERSION_1, rtype, request_id, len(content), pad) + content + b"\0" * pad
+    header = HEADER.pack(FCGI_VERSION_1, rtype, request_id, len(content), pad)
+    return header + content + b"\0" * pad
 
 
 def nv_len(n):
@@ -96,8 +96,8 @@ def nginx_params(uri, params_kind):
             ("HTTP_UPGRADE_INSECURE_REQUESTS", "1"),
             (
                 "HTTP_USER_AGENT",
-                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-                "Chrome/124.0.0.0 Safari/537.36",
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 "
+                "(KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
             ),
             (
                 "HTTP_ACCEPT",
@@ -177,7 +177,8 @@ def check(response, expect_body):
     if not sep:
         return "no end of headers in %r" % stdout[:200]
     for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"status:") and not line[7:].strip().startswith(b"200"):
+        status = line[7:].strip()
+        if line.lower().startswith(b"status:") and not status.startswith(b"200"):
             return "status %r (stderr %r)" % (line, stderr[:200])
     if expect_body is not None and body != expect_body:
         return "body %r" % body[:200]
@@ -193,17 +194,21 @@ def connect(path):
 def run(args):
     params = nginx_params(args.uri, args.params)
     wire = bytearray(request_bytes(params, args.keep_conn))
-    port_at = wire.index(b"REMOTE_PORT" + PORT_PLACEHOLDER.encode()) + len("REMOTE_PORT")
+    port_pair = b"REMOTE_PORT" + PORT_PLACEHOLDER.encode()
+    port_at = wire.index(port_pair) + len("REMOTE_PORT")
     expect = None if args.any_body else args.body.encode("latin-1")
     started = time.monotonic()
     sock = reader = None
     for i in range(args.requests):
-        if sock is None:
-            sock = connect(args.socket)
-            reader = Reader(sock)
         wire[port_at : port_at + 5] = b"%05d" % (FIRST_PORT + i % PORTS)
-        sock.sendall(wire)
-        problem = check(reader.response(), expect)
+        try:
+            if sock is None:
+                sock = connect(args.socket)
+                reader = Reader(sock)
+            sock.sendall(wire)
+            problem = check(reader.response(), expect)
+        except (OSError, EOFError, ValueError) as e:
+            problem = "%s: %s" % (type(e).__name__, e)
         if problem:
             print("request %d: %s" % (i + 1, problem), file=sys.stderr)
             return 1
@@ -231,7 +236,9 @@ def run(args):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--socket", required=True, help="the backend's Unix socket")
-    ap.add_argument("--requests", type=int, default=1000, help="how many (default 1000)")
+    ap.add_argument(
+        "--requests", type=int, default=1000, help="how many (default 1000)"
+    )
     ap.add_argument(
         "--keep-conn",
         action="store_true",
@@ -246,7 +253,9 @@ def main(argv=None):
         "or plus only Host, as for wrk (20 params)",
     )
     ap.add_argument(
-        "--body", default="Hello, World!", help="expected response body (default: hello's)"
+        "--body",
+        default="Hello, World!",
+        help="expected response body (default: hello's)",
     )
     ap.add_argument("--any-body", action="store_true", help="do not check the body")
     ap.add_argument("-q", "--quiet", action="store_true", help="no summary line")

@@ -274,6 +274,16 @@ impl RecordDecoder {
         if buf.len() < header.record_len() {
             return Ok(None);
         }
+        if header.content_length == 0 {
+            // Half the records of a request are empty (the ends of PARAMS and STDIN):
+            // no view of the buffer (and no reference count) for them.
+            buf.advance(header.record_len());
+            return Ok(Some(Record {
+                record_type: header.record_type,
+                request_id: header.request_id,
+                content: Bytes::new(),
+            }));
+        }
         // split_to + freeze hands out a view of the same allocation: no content copy.
         let mut record = buf.split_to(header.record_len());
         record.advance(HEADER_LEN);

@@ -177,7 +177,8 @@ pub struct SlotSnapshot {
     pub client: String,
     /// Duration of the last finished request, microseconds.
     pub last_duration_us: u64,
-    /// Resident set size measured after the last request, bytes.
+    /// Resident set size as of the last request, bytes: read after it when
+    /// `pm.max_memory` is set, otherwise a reading at most one second old.
     pub rss_bytes: u64,
 }
 

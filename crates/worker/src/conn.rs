@@ -6,8 +6,9 @@
 //! of each request (`wsgi.input`, `wsgi.errors`, `start_response`, `write`), and the
 //! worker's connection watcher ([`crate::watcher`]). Locking rules that keep this
 //! deadlock-free: **the mutex is never held while calling into Python or attaching to
-//! it**, and Python-facing code takes it only inside `py.detach` (so a thread waiting
-//! for it never holds the GIL).
+//! it**, and a thread attached to Python never *waits* for it: Python-facing code
+//! either takes it inside `py.detach`, or (`start_response`, which does no I/O under
+//! it) tries it with [`try_lock`] and falls back to `py.detach` when it is busy.
 //!
 //! Reading is done by one thread at a time, which holds the *read token* (`reading`):
 //! it takes the codec's read buffer out, releases the mutex for the blocking `recv`,

@@ -213,9 +213,9 @@ impl Monitor {
         // pm.max_memory judges the request that just ended, so it needs a fresh reading;
         // the scoreboard's figure may be up to a second old (a system call saved).
         let rss = if self.max_memory > 0 {
-            self.rss.read_now()
-        } else if self.board.is_some() {
             self.rss.read()
+        } else if self.board.is_some() {
+            self.rss.read_recent()
         } else {
             None
         };

@@ -1,16 +1,17 @@
-//! Recycling inputs: the worker's resident set size (from `/proc/self/statm`, read at
-//! most once per [`RSS_MAX_AGE`]) and the rule that decides when a worker asks to be
-//! replaced. Pure Rust, unit-tested alone.
+//! Recycling inputs: the worker's resident set size (from `/proc/self/statm`; exact, or
+//! at most [`RSS_MAX_AGE`] old where that is enough) and the rule that decides when a
+//! worker asks to be replaced. Pure Rust, unit-tested alone.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// How long a reading of the RSS is reused. Reading `/proc/self/statm` is a system call
-/// costing about a microsecond, an eighth of a small request's whole budget; reusing a
+/// How old a reading [`Rss::read_recent`] may return. Reading `/proc/self/statm` is a
+/// system call costing about a microsecond, an eighth of a small request's whole
+/// budget; where a slightly stale value does (the scoreboard's RSS column), reusing a
 /// reading for up to a second makes that negligible under load, while a worker serving
-/// less than a request a second still measures after every request.
+/// less than a request a second still reads after every request.
 pub const RSS_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// The resident set size of this process, read from `/proc/self/statm`.
@@ -22,8 +23,8 @@ pub struct Rss {
     page: u64,
     /// The time base of `read_at_ns`.
     epoch: Instant,
-    /// When the last reading was taken, in nanoseconds after `epoch` plus one (0: never).
-    /// Atomics rather than `Cell`s: the monitor holding this must be `Sync`.
+    /// When the last reading was taken (see [`Rss::now_ns`]; 0: never). Atomics rather
+    /// than `Cell`s: the monitor holding this must be `Sync`.
     read_at_ns: AtomicU64,
     /// The last reading in bytes, `u64::MAX` for "could not read".
     last: AtomicU64,
@@ -43,32 +44,47 @@ impl Rss {
         }
     }
 
-    /// Current RSS in bytes, as of at most [`RSS_MAX_AGE`] ago: the last reading is
-    /// reused until it is that old, so calling this after every request costs a system
-    /// call at most once a second. The first call always reads.
+    /// Current RSS in bytes, read now. `pm.max_memory` needs this: its contract is a
+    /// measurement after each request.
     pub fn read(&self) -> Option<u64> {
-        // Saturates after 584 years.
-        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
-        self.read_as_of(now)
-    }
-
-    /// [`Rss::read`] at `now` nanoseconds after `epoch`.
-    fn read_as_of(&self, now: u64) -> Option<u64> {
-        // +1 keeps 0 for "never read".
-        let stamp = now + 1;
-        let read_at = self.read_at_ns.load(Ordering::Relaxed);
-        if read_at != 0 && stamp.saturating_sub(read_at) < RSS_MAX_AGE.as_nanos() as u64 {
-            let last = self.last.load(Ordering::Relaxed);
-            return (last != u64::MAX).then_some(last);
-        }
-        let rss = self.read_now();
-        self.last.store(rss.unwrap_or(u64::MAX), Ordering::Relaxed);
-        self.read_at_ns.store(stamp, Ordering::Relaxed);
+        let rss = self.read_statm();
+        self.remember(rss, self.now_ns());
         rss
     }
 
-    /// Current RSS in bytes, read now.
-    pub fn read_now(&self) -> Option<u64> {
+    /// RSS in bytes as of at most [`RSS_MAX_AGE`] ago: the last reading (by this or by
+    /// [`Rss::read`]) is reused until it is that old, so calling this after every
+    /// request costs a system call at most once a second. For display (the scoreboard),
+    /// not for `pm.max_memory`. The first call always reads.
+    pub fn read_recent(&self) -> Option<u64> {
+        self.read_recent_as_of(self.now_ns())
+    }
+
+    /// Nanoseconds since `epoch`, plus one so that 0 stays "never read" (saturates after
+    /// 584 years).
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).map_or(u64::MAX, |n| n.saturating_add(1))
+    }
+
+    /// [`Rss::read_recent`] at `now` (see [`Rss::now_ns`]).
+    fn read_recent_as_of(&self, now: u64) -> Option<u64> {
+        let read_at = self.read_at_ns.load(Ordering::Relaxed);
+        if read_at != 0 && now.saturating_sub(read_at) < RSS_MAX_AGE.as_nanos() as u64 {
+            let last = self.last.load(Ordering::Relaxed);
+            return (last != u64::MAX).then_some(last);
+        }
+        let rss = self.read_statm();
+        self.remember(rss, now);
+        rss
+    }
+
+    fn remember(&self, rss: Option<u64>, now: u64) {
+        self.last.store(rss.unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.read_at_ns.store(now, Ordering::Relaxed);
+    }
+
+    /// One pread of `/proc/self/statm`.
+    fn read_statm(&self) -> Option<u64> {
         let mut buf = [0u8; 128];
         let n = self.statm.as_ref()?.read_at(&mut buf, 0).ok()?;
         parse_statm_resident(&buf[..n]).map(|pages| pages * self.page)
@@ -112,19 +128,25 @@ mod tests {
     }
 
     #[test]
-    fn readings_are_reused_for_up_to_max_age() {
+    fn recent_readings_are_reused_for_up_to_max_age() {
         let rss = Rss::open();
         let max_age = RSS_MAX_AGE.as_nanos() as u64;
-        let first = rss.read_as_of(5).expect("RSS of the test process");
+        let first = rss.read_recent_as_of(5).expect("RSS of the test process");
         // Touch 16 MiB so that a fresh reading differs.
         let grown = vec![1u8; 16 << 20];
         assert!(grown.iter().map(|&b| u64::from(b)).sum::<u64>() > 0);
-        assert!(rss.read_now().expect("RSS") > first);
-        assert_eq!(rss.read_as_of(5 + max_age - 1), Some(first), "reused");
+        assert_eq!(
+            rss.read_recent_as_of(5 + max_age - 1),
+            Some(first),
+            "reused"
+        );
         assert!(
-            rss.read_as_of(5 + max_age).expect("RSS") > first,
+            rss.read_recent_as_of(5 + max_age).expect("RSS") > first,
             "read again"
         );
+        // `read` always reads, and its reading is then the recent one.
+        let exact = rss.read().expect("RSS");
+        assert_eq!(rss.read_recent(), Some(exact));
         drop(grown);
     }
 

@@ -181,6 +181,21 @@ const PRESET_NAMES: &[&[u8]] = &[
     b"HTTP_X_REQUESTED_WITH",
 ];
 
+/// Positions in [`PRESET_NAMES`], hence cache entries, of the names `build` sets itself:
+/// found without hashing.
+const CONTENT_TYPE: usize = 2;
+const CONTENT_LENGTH: usize = 3;
+const SCRIPT_NAME: usize = 4;
+const PATH_INFO: usize = 5;
+const SERVER_NAME: usize = 19;
+const _: () = {
+    assert!(matches!(PRESET_NAMES[CONTENT_TYPE], b"CONTENT_TYPE"));
+    assert!(matches!(PRESET_NAMES[CONTENT_LENGTH], b"CONTENT_LENGTH"));
+    assert!(matches!(PRESET_NAMES[SCRIPT_NAME], b"SCRIPT_NAME"));
+    assert!(matches!(PRESET_NAMES[PATH_INFO], b"PATH_INFO"));
+    assert!(matches!(PRESET_NAMES[SERVER_NAME], b"SERVER_NAME"));
+};
+
 /// Most names the cache holds: a bound on its memory whatever clients send.
 const MAX_NAMES: usize = 128;
 /// Slots of the cache's hash table: twice [`MAX_NAMES`], so probes stay short.
@@ -274,13 +289,18 @@ impl Cache {
 
     /// The entry for `name`, created if there is room; `None` when it cannot be cached.
     fn entry(&mut self, py: Python<'_>, name: &[u8]) -> Option<usize> {
+        self.preset(py);
+        self.find_or_add(py, name)
+    }
+
+    /// Fill a new cache with [`PRESET_NAMES`], in order: entry `i` is `PRESET_NAMES[i]`.
+    fn preset(&mut self, py: Python<'_>) {
         if self.entries.is_empty() {
             self.entries.reserve_exact(MAX_NAMES);
             for preset in PRESET_NAMES {
                 self.find_or_add(py, preset);
             }
         }
-        self.find_or_add(py, name)
     }
 
     /// [`Cache::entry`] for the param at `position`, trying the previous request's
@@ -370,22 +390,14 @@ impl Cache {
         (text, true)
     }
 
-    /// The item `name` = `value`, for names `build` sets itself.
-    fn item<'a, 'py>(&mut self, py: Python<'py>, name: &'a [u8], value: &[u8]) -> Item<'a, 'py> {
-        match self.entry(py, name) {
-            Some(i) => {
-                let (value, shareable) = self.value(py, i, value);
-                Item {
-                    key: Key::Cached(self.entries[i].key.as_ptr()),
-                    value: value.into_any(),
-                    shareable,
-                }
-            }
-            None => Item {
-                key: Key::Owned(latin1(py, name), name),
-                value: latin1(py, value).into_any(),
-                shareable: false,
-            },
+    /// The item `PRESET_NAMES[preset]` = `value`, for names `build` sets itself.
+    fn item<'py>(&mut self, py: Python<'py>, preset: usize, value: &[u8]) -> Item<'static, 'py> {
+        self.preset(py);
+        let (value, shareable) = self.value(py, preset, value);
+        Item {
+            key: Key::Cached(self.entries[preset].key.as_ptr()),
+            value: value.into_any(),
+            shareable,
         }
     }
 
@@ -643,13 +655,13 @@ fn build_with<'py>(
         .or(http_content_length.filter(|v| !v.is_empty()));
     let length = length_raw.and_then(http::parse_content_length);
     if let (Some(raw), Some(_)) = (length_raw, length) {
-        items.push(cache.item(py, b"CONTENT_LENGTH", raw));
+        items.push(cache.item(py, CONTENT_LENGTH, raw));
     }
     if let Some(ctype) = content_type
         .filter(|v| !v.is_empty())
         .or(http_content_type.filter(|v| !v.is_empty()))
     {
-        items.push(cache.item(py, b"CONTENT_TYPE", ctype));
+        items.push(cache.item(py, CONTENT_TYPE, ctype));
     }
 
     let method = match method {
@@ -666,7 +678,7 @@ fn build_with<'py>(
             .map(host_without_port)
             .filter(|h| !h.is_empty())
             .unwrap_or(b"localhost");
-        items.push(cache.item(py, b"SERVER_NAME", host));
+        items.push(cache.item(py, SERVER_NAME, host));
     }
     if !has_server_port {
         let port = if scheme == "https" {
@@ -687,8 +699,8 @@ fn build_with<'py>(
 
     let full = http::full_path(script_name, path_info, document_uri, request_uri);
     let (script, path) = http::split_mount(&full, mount.as_bytes());
-    items.push(cache.item(py, b"SCRIPT_NAME", script));
-    items.push(cache.item(py, b"PATH_INFO", path));
+    items.push(cache.item(py, SCRIPT_NAME, script));
+    items.push(cache.item(py, PATH_INFO, path));
 
     static WSGI_VERSION: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
     let version = WSGI_VERSION

@@ -362,7 +362,11 @@ fn e_level(e: &OpError) -> Level {
 
 /// Call the result's `close()`, if it has one.
 fn call_close(result: &Bound<'_, PyAny>) -> PyResult<()> {
-    if let Some(close) = result.getattr_opt("close")? {
+    // A plain list or tuple has none; asking would build an AttributeError to discard.
+    if result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>() {
+        return Ok(());
+    }
+    if let Some(close) = result.getattr_opt(pyo3::intern!(result.py(), "close"))? {
         close.call0()?;
     }
     Ok(())
@@ -659,13 +663,17 @@ fn timed_out(
 /// Flush Python's `sys.stdout` and `sys.stderr`, so the app's prints of this request
 /// reach the pool's log now rather than when a block buffer fills.
 fn flush_std_streams(py: Python<'_>) {
-    if let Ok(sys) = py.import("sys") {
-        for name in ["stdout", "stderr"] {
-            if let Ok(stream) = sys.getattr(name) {
-                if !stream.is_none() {
-                    let _ = stream.call_method0("flush");
-                }
-            }
+    // PySys_GetObject rather than `import sys` + getattr: this runs after every request.
+    for name in [c"stdout", c"stderr"] {
+        // SAFETY: attached; returns a borrowed reference or NULL, with no error set.
+        let ptr = unsafe { pyo3::ffi::PySys_GetObject(name.as_ptr()) };
+        if ptr.is_null() {
+            continue;
+        }
+        // SAFETY: a live borrowed reference owned by the sys module, used at once.
+        let stream = unsafe { pyo3::Borrowed::from_ptr(py, ptr) };
+        if !stream.is_none() {
+            let _ = stream.call_method0(pyo3::intern!(py, "flush"));
         }
     }
 }
