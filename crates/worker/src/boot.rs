@@ -334,10 +334,13 @@ pub fn boot(py: Python<'_>) -> Result<Worker, BootError> {
     };
     let watcher = Watcher::start(ready.clone())
         .map_err(|e| boot_error(format!("cannot start the connection watcher: {e}")))?;
+    let (server_config, capacity) = Worker::connection_settings(&spec);
     Ok(Worker {
         monitor,
         watcher,
         ready,
+        server_config,
+        capacity,
         spec,
         app: app.unbind(),
         file_wrapper,

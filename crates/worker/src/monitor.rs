@@ -63,6 +63,8 @@ pub struct Monitor {
     retire_sent: AtomicBool,
     /// Per request thread, its request in service.
     threads: Mutex<Vec<Active>>,
+    /// More than one request thread (otherwise the slot simply follows the only one).
+    several: bool,
 }
 
 /// Per-request limits and the control channel for [`Monitor::new`].
@@ -93,6 +95,7 @@ impl Monitor {
             served: AtomicU64::new(0),
             retire_sent: AtomicBool::new(false),
             threads: Mutex::new((0..threads.max(1)).map(|_| Active::default()).collect()),
+            several: threads > 1,
         }
     }
 
@@ -120,8 +123,8 @@ impl Monitor {
         let Some(slot) = self.slot() else {
             return;
         };
-        let threads = self.lock();
-        if threads.len() == 1 || Self::oldest(&threads) == Some(thread) {
+        // Several times per request: with one thread, no lock to take.
+        if !self.several || Self::oldest(&self.lock()) == Some(thread) {
             slot.set_state(state);
         }
     }
@@ -142,7 +145,7 @@ impl Monitor {
         let now_us = unix_us();
         {
             let mut threads = self.lock();
-            let several = threads.len() > 1;
+            let several = self.several;
             let first = threads.iter().all(|a| a.start.is_none());
             let active = &mut threads[thread];
             active.start = Some(start);

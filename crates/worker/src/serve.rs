@@ -59,6 +59,28 @@ pub struct Worker {
     pub watcher: Arc<Watcher>,
     /// Multiplexed requests waiting for a free thread (`threads` > 1).
     pub ready: Option<Arc<ReadyQueue>>,
+    /// The codec settings of every connection (limits, roles, multiplexing).
+    pub server_config: ServerConfig,
+    /// What GET_VALUES answers.
+    pub capacity: Capacity,
+}
+
+impl Worker {
+    /// The codec settings and GET_VALUES answers for `spec`, made once at start-up.
+    pub fn connection_settings(spec: &WorkerSpec) -> (ServerConfig, Capacity) {
+        let threads = spec.threads.max(1);
+        let config = ServerConfig {
+            max_params_len: spec.request_params_max,
+            max_active_requests: threads as usize,
+            roles: spec.roles.iter().map(|&n| Role::from(n)).collect(),
+        };
+        let capacity = Capacity {
+            max_conns: spec.fcgi_max_conns,
+            max_reqs: spec.fcgi_max_reqs,
+            mpxs_conns: threads > 1,
+        };
+        (config, capacity)
+    }
 }
 
 /// Result of waiting on some fds plus the stop sources.
@@ -165,18 +187,17 @@ impl Stop {
         signals: bool,
     ) -> io::Result<Polled> {
         let watch_control = !self.manager_gone.load(Ordering::SeqCst);
-        // Another thread's signal pipe stays unwatched here: poll then returns at once
-        // on the broadcast, whose fd stands in at that index.
-        let sig_fd = if signals {
-            self.sig_pipe.as_raw_fd()
-        } else {
-            self.broadcast.as_raw_fd()
-        };
+        // After the caller's fds: the broadcast, then (main thread only) the signal
+        // pipe, then the control socket.
+        let sig_at = signals.then_some(fds.len() + 1);
+        let control_at = watch_control.then_some(fds.len() + 1 + usize::from(signals));
         let mut pollfds: Vec<libc::pollfd> = fds
             .iter()
-            .chain([sig_fd, self.broadcast.as_raw_fd()].iter())
-            .chain(watch_control.then(|| self.control.as_raw_fd()).iter())
-            .map(|&fd| libc::pollfd {
+            .copied()
+            .chain([self.broadcast.as_raw_fd()])
+            .chain(signals.then(|| self.sig_pipe.as_raw_fd()))
+            .chain(watch_control.then(|| self.control.as_raw_fd()))
+            .map(|fd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,
                 revents: 0,
@@ -218,14 +239,14 @@ impl Stop {
         for (i, pfd) in pollfds[..fds.len()].iter().enumerate() {
             polled.readable[i] = pfd.revents != 0;
         }
-        if signals && pollfds[fds.len()].revents != 0 {
+        if sig_at.is_some_and(|i| pollfds[i].revents != 0) {
             // Drain the self-pipe. The SIGQUIT flag says whether that was the signal; for
             // any other the caller lets Python run its handlers.
             let mut buf = [0u8; 64];
             while matches!((&self.sig_pipe).read(&mut buf), Ok(n) if n > 0) {}
             polled.interrupted = true;
         }
-        if watch_control && pollfds[fds.len() + 2].revents != 0 {
+        if control_at.is_some_and(|i| pollfds[i].revents != 0) {
             self.read_control();
         }
         polled.stop = self.requested();
@@ -314,6 +335,15 @@ fn serve_loop(py: Python<'_>, worker: &Worker, index: usize) -> i32 {
         .map(|(fd, _)| fd.as_raw_fd())
         .collect();
     let ready_fd = worker.ready.as_ref().map(|r| r.fd());
+    // What a thread driving a kept connection also watches: one readable means it is
+    // needed elsewhere (listeners and DISPATCH only when it can park the connection).
+    let others: Vec<RawFd> = listener_fds
+        .iter()
+        .copied()
+        .filter(|_| parking.enabled())
+        .chain(parking.dispatch_fd())
+        .chain(ready_fd)
+        .collect();
     // Start the accept attempts at a rotating listener so that one busy listener cannot
     // starve the others.
     let mut first = 0usize;
@@ -342,7 +372,16 @@ fn serve_loop(py: Python<'_>, worker: &Worker, index: usize) -> i32 {
         if ready_fd.is_some() && polled.readable[n + usize::from(dispatch.is_some())] {
             // A request multiplexed on a connection whose driver is busy.
             if let Some((shared, token)) = worker.ready.as_ref().and_then(|r| r.pop()) {
-                drive(py, worker, index, &parking, &shared, false, Some(token));
+                drive(
+                    py,
+                    worker,
+                    index,
+                    &parking,
+                    &others,
+                    &shared,
+                    false,
+                    Some(token),
+                );
                 continue;
             }
         }
@@ -356,6 +395,7 @@ fn serve_loop(py: Python<'_>, worker: &Worker, index: usize) -> i32 {
                     worker,
                     index,
                     &parking,
+                    &others,
                     Socket::new(fd),
                     peer,
                     &payload,
@@ -375,7 +415,7 @@ fn serve_loop(py: Python<'_>, worker: &Worker, index: usize) -> i32 {
             match accepted {
                 Ok(Some((sock, peer))) => {
                     first = (i + 1) % fds.len();
-                    serve_connection(py, worker, index, &parking, sock, peer, &[], true);
+                    serve_connection(py, worker, index, &parking, &others, sock, peer, &[], true);
                     break;
                 }
                 Ok(None) => {}
@@ -663,23 +703,13 @@ fn serve_connection(
     worker: &Worker,
     index: usize,
     parking: &Parking,
+    others: &[RawFd],
     sock: Socket,
     peer: String,
     preload: &[u8],
     first: bool,
 ) {
-    let threads = worker.spec.threads.max(1);
-    let config = ServerConfig {
-        max_params_len: worker.spec.request_params_max,
-        max_active_requests: threads as usize,
-        roles: worker.spec.roles.iter().map(|&n| Role::from(n)).collect(),
-    };
-    let capacity = Capacity {
-        max_conns: worker.spec.fcgi_max_conns,
-        max_reqs: worker.spec.fcgi_max_reqs,
-        mpxs_conns: threads > 1,
-    };
-    let mut conn = Conn::new(sock, peer, config, capacity);
+    let mut conn = Conn::new(sock, peer, worker.server_config.clone(), worker.capacity);
     conn.set_limits(
         worker.spec.request_body_max,
         Duration::from_millis(worker.spec.request_read_timeout_ms),
@@ -687,29 +717,24 @@ fn serve_connection(
     conn.preload(preload);
     let shared = share(conn);
     worker.watcher.register(&shared);
-    drive(py, worker, index, parking, &shared, first, None);
+    drive(py, worker, index, parking, others, &shared, first, None);
 }
 
 /// Drive a connection: serve its requests as they arrive, starting with request
 /// `start` when given (one taken from the ready queue). Returns when the connection is
 /// closed or parked, or when this thread leaves it to others (see [`Wait::Leave`]).
+/// `others`: see [`wait_for_request`].
+#[allow(clippy::too_many_arguments)]
 fn drive(
     py: Python<'_>,
     worker: &Worker,
     index: usize,
     parking: &Parking,
+    others: &[RawFd],
     shared: &Shared,
     mut first: bool,
     mut start: Option<u64>,
 ) {
-    let others: Vec<RawFd> = worker
-        .listeners
-        .iter()
-        .map(|(fd, _)| fd.as_raw_fd())
-        .filter(|_| parking.enabled())
-        .chain(parking.dispatch_fd())
-        .chain(worker.ready.as_ref().map(|r| r.fd()))
-        .collect();
     let main = index == 0;
     // After a stop, at most one more already-arriving request is served (a web server
     // that keeps the connection busy must not keep the worker forever).
@@ -727,7 +752,7 @@ fn drive(
                         first,
                         finish_pending,
                         parking.enabled(),
-                        &others,
+                        others,
                     )
                 });
                 if stopping && !first {

@@ -175,8 +175,15 @@ pub fn run_request(
         }
     };
     {
+        // One walk over the params for the four values.
+        let [addr, method, uri, doc_uri] = params.get_each([
+            b"REMOTE_ADDR",
+            b"REQUEST_METHOD",
+            b"REQUEST_URI",
+            b"DOCUMENT_URI",
+        ]);
         let peer;
-        let client = match params.get(b"REMOTE_ADDR") {
+        let client = match addr {
             Some(addr) if !addr.is_empty() => addr,
             _ => {
                 peer = lock(shared).peer.clone();
@@ -185,11 +192,8 @@ pub fn run_request(
         };
         worker.monitor.begin(
             thread,
-            params.get(b"REQUEST_METHOD").unwrap_or(b"GET"),
-            params
-                .get(b"REQUEST_URI")
-                .or_else(|| params.get(b"DOCUMENT_URI"))
-                .unwrap_or(b""),
+            method.unwrap_or(b"GET"),
+            uri.or(doc_uri).unwrap_or(b""),
             client,
             shared,
             seq,
@@ -425,37 +429,16 @@ fn fail(
         }
         other => other,
     };
-    let failure = match (failure, worker.monitor.timed_out(thread)) {
-        (Failure::TimedOut, timeout) => {
-            return timed_out(
-                py,
-                worker,
-                thread,
-                shared,
-                seq,
-                ctx,
-                timeout.unwrap_or_default(),
-                None,
-            );
-        }
-        (Failure::App(err), Some(timeout)) => {
-            let summary_line = summary(py, &err);
-            return timed_out(
-                py,
-                worker,
-                thread,
-                shared,
-                seq,
-                ctx,
-                timeout,
-                Some(summary_line),
-            );
-        }
-        (Failure::Contract(msg), Some(timeout)) => {
-            return timed_out(py, worker, thread, shared, seq, ctx, timeout, Some(msg));
-        }
-        (other, _) => other,
+    // request_terminate_timeout fired: how the app's code ended decides only the wording.
+    let ended = match (&failure, worker.monitor.timed_out(thread)) {
+        (Failure::TimedOut, timeout) => Some((timeout.unwrap_or_default(), None)),
+        (Failure::App(err), Some(timeout)) => Some((timeout, Some(summary(py, err)))),
+        (Failure::Contract(msg), Some(timeout)) => Some((timeout, Some(msg.clone()))),
+        _ => None,
     };
+    if let Some((timeout, ended_with)) = ended {
+        return timed_out(py, worker, thread, shared, seq, ctx, timeout, ended_with);
+    }
     let (detail, summary_line) = match failure {
         Failure::Conn(e) => {
             let mut conn = lock(shared);
