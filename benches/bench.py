@@ -253,10 +253,9 @@ class Pyfpm(Scenario):
         if keepalive:
             super().__init__(
                 "pyfpm-keepalive",
-                "pyfpm, fastcgi_keep_conn + upstream keepalive 1",
-                note="keepalive 1, not more: today each idle kept connection pins a pyfpm "
-                "worker (2 workers here), so a larger pool of idle connections starves "
-                "new ones; idle connections that do not pin workers are issue 4",
+                "pyfpm, fastcgi_keep_conn + upstream keepalive 32",
+                note="nginx keeps up to 32 idle FastCGI connections, as the contrib "
+                "config recommends (idle kept connections do not pin pyfpm workers)",
             )
         else:
             super().__init__("pyfpm", "pyfpm, connection per request")
@@ -290,7 +289,7 @@ class Pyfpm(Scenario):
 
     def nginx(self, ctx):
         if self.keepalive:
-            up = "upstream %s { server unix:%s; keepalive 1; }" % (
+            up = "upstream %s { server unix:%s; keepalive 32; }" % (
                 self.name.replace("-", "_"),
                 sock(ctx, self.name),
             )

@@ -1,15 +1,16 @@
-//! Idle kept-alive connections never pin a worker (issue 4, "Connections"): a worker
-//! idle on a kept connection parks it with the manager as soon as other work waits (or
-//! it is asked to stop), and the manager hands it to an idle worker once its next
-//! request arrives. Proven with real nginx (`keepalive N` + `fastcgi_keep_conn on`) and
-//! with the raw FastCGI client.
+//! Idle kept-alive connections never pin a worker (issue 4, "Connections"): the thread
+//! that served a kept connection holds it idle and watches it with the listeners and
+//! its other held connections, so it serves the next request that arrives on any of
+//! them; one whose request waits for a busy thread (or any, when the worker stops) is
+//! parked with the manager, which hands it to an idle worker. Proven with real nginx
+//! (`keepalive N` + `fastcgi_keep_conn on`) and with the raw FastCGI client.
 
 mod common;
 
 use common::fcgi::{self, Addr, CgiResponseExt as _, Conn, Request, ResponseExt as _};
 use common::http::Client;
 use common::nginx::Nginx;
-use common::{Pool, Pyfpm, TestEnv, json_pid, log_pids, start_quiet, write_config_pm};
+use common::{Pool, Pyfpm, TestEnv, json_pid, log_pids, start_quiet, wait_until, write_config_pm};
 use fastcgi::values;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -248,8 +249,8 @@ fn a_kept_connection_does_not_hold_the_only_worker() {
         .unwrap();
     assert!(r.completed());
     let pid = json_pid(&r.cgi().json());
-    // The only worker is now idle on `first`, which stays open. A second connection
-    // is served all the same: the worker parks `first` with the manager.
+    // The only worker now holds `first`, idle and open. A second connection is served
+    // all the same: the worker watches its listener with the connections it holds.
     let second = bounded(Duration::from_secs(10), {
         let addr = addr.clone();
         move || {
@@ -260,7 +261,7 @@ fn a_kept_connection_does_not_hold_the_only_worker() {
     .expect("a second connection waited behind an idle kept one");
     assert!(second.completed());
     assert_eq!(json_pid(&second.cgi().json()), pid);
-    // `first`'s next request comes back to the worker through the manager.
+    // `first`'s next request is served by the worker that holds it.
     let again = first
         .request(&Request::get("/first-again").keep_conn(true))
         .unwrap();
@@ -269,6 +270,68 @@ fn a_kept_connection_does_not_hold_the_only_worker() {
     // And once more, on the fast path or through the manager alike.
     let third = first.request(&Request::get("/first-3")).unwrap();
     assert!(third.completed());
+}
+
+#[test]
+fn a_held_connection_whose_worker_is_busy_is_served_by_an_idle_worker() {
+    let env = TestEnv::new();
+    let sock = env.file("www.sock");
+    let pool = Pool::new("www", "sleep:application")
+        .listen(&sock.display().to_string())
+        .children(2);
+    let addr = Addr::Unix(sock);
+    let _p = start(&env, pool, "static");
+    // `x` is served once, then held idle by the worker that served it, A.
+    let mut x = Conn::connect(&addr).unwrap();
+    let r = x.request(&Request::get("/x1").keep_conn(true)).unwrap();
+    assert!(r.completed());
+    let a = json_pid(&r.cgi().json());
+    // Occupy both workers with a request each, in the app until its gate opens.
+    let slow = |i: u32| {
+        let touch = env.file(&format!("in-app-{i}"));
+        let gate = env.file(&format!("gate-{i}"));
+        let uri = format!("/slow{i}?touch={}&wait={}", touch.display(), gate.display());
+        let addr = addr.clone();
+        let handle = std::thread::spawn(move || {
+            let mut c = Conn::connect(&addr).unwrap();
+            c.request(&Request::get(&uri)).unwrap()
+        });
+        (touch, gate, handle)
+    };
+    let (touch1, gate1, slow1) = slow(1);
+    let (touch2, gate2, slow2) = slow(2);
+    assert!(
+        wait_until(Duration::from_secs(20), || touch1.exists()
+            && touch2.exists()),
+        "the two slow requests never both reached the app"
+    );
+    let pid_of = |p: &std::path::Path| -> i32 {
+        std::fs::read_to_string(p).unwrap().trim().parse().unwrap()
+    };
+    let (pid1, pid2) = (pid_of(&touch1), pid_of(&touch2));
+    assert_ne!(pid1, pid2, "one request per worker");
+    assert!(pid1 == a || pid2 == a, "A is one of the two workers");
+    // Free the other worker, B. A stays in the app, still holding `x`.
+    let ((gate_a, slow_a), (gate_b, slow_b)) = if pid1 == a {
+        ((gate1, slow1), (gate2, slow2))
+    } else {
+        ((gate2, slow2), (gate1, slow1))
+    };
+    std::fs::write(&gate_b, b"").unwrap();
+    let b = json_pid(&slow_b.join().unwrap().cgi().json());
+    // `x`'s next request must not wait for A, whose request stays in the app until its
+    // gate opens (30 s at most): the watcher parks `x` and B serves it.
+    x.set_timeout(Duration::from_secs(10));
+    let r = x
+        .request(&Request::get("/x2").keep_conn(true))
+        .expect("the request on the held connection waited for its busy worker");
+    assert!(r.completed());
+    assert_eq!(json_pid(&r.cgi().json()), b);
+    std::fs::write(&gate_a, b"").unwrap();
+    assert_eq!(json_pid(&slow_a.join().unwrap().cgi().json()), a);
+    // And `x` goes on working.
+    let r = x.request(&Request::get("/x3")).unwrap();
+    assert!(r.completed());
 }
 
 #[test]

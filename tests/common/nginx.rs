@@ -27,10 +27,11 @@ fn nginx_bin() -> PathBuf {
 
 /// The shipped config, relative to the repository root.
 const CONTRIB: &str = "contrib/nginx/pyfpm.conf";
-/// Its active block: `fastcgi_pass` straight to the socket, a connection per request.
+/// Its commented-out variant: `fastcgi_pass` straight to the socket, a connection per
+/// request.
 const PER_REQUEST: &str = "one connection per request";
-/// Its commented-out `upstream { keepalive 32; }` + `fastcgi_keep_conn on` variant.
-const KEEP_ALIVE: &str = "keep-alive variant";
+/// Its active block: `upstream { keepalive 32; }` + `fastcgi_keep_conn on`.
+const KEEP_ALIVE: &str = "keep-alive";
 /// Its commented-out `fastcgi_pass 127.0.0.1:9000` variant.
 const TCP: &str = "TCP variant";
 /// The stock params file the contrib blocks include by a relative name.
@@ -138,9 +139,9 @@ pub struct NginxBuilder {
 }
 
 impl NginxBuilder {
-    /// With `Some(idle)`, the contrib keep-alive variant: an `upstream` block that keeps
+    /// With `Some(idle)`, the contrib keep-alive block: an `upstream` block that keeps
     /// up to `idle` connections to pyfpm open, with `fastcgi_keep_conn on`. With `None`
-    /// (the default) the contrib block without keep-alive: nginx sends no
+    /// (the default) the contrib variant without keep-alive: nginx sends no
     /// FCGI_KEEP_CONN, so pyfpm closes each connection after its request.
     pub fn keepalive(mut self, idle: Option<u32>) -> Self {
         self.keepalive = idle;
@@ -162,8 +163,8 @@ impl NginxBuilder {
     }
 
     /// The contrib server block for this test, listening on 127.0.0.1:`port`: the
-    /// keep-alive variant with `keepalive`, else the active block for a Unix socket and
-    /// the TCP variant for an address.
+    /// keep-alive block with `keepalive`, else the per-request variant for a Unix socket
+    /// and the TCP variant for an address.
     fn site(&self, port: u16) -> String {
         let listen = ("listen 80;", format!("listen 127.0.0.1:{port};"));
         // The apps' SERVER_NAME, and the Host the tests' HTTP client sends.
@@ -177,6 +178,8 @@ impl NginxBuilder {
                     // The documented count; tests vary it against the pool size.
                     ("keepalive 32;", format!("keepalive {idle};")),
                     listen,
+                    // Loopback IPv4 only: a container may have no IPv6 at all.
+                    ("listen [::]:80;", String::new()),
                     server_name,
                 ],
             ),

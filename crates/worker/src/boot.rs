@@ -5,6 +5,7 @@
 use crate::control::Control;
 use crate::log::{Level, log};
 use crate::monitor::{Limits, Monitor};
+use crate::parking::Parking;
 use crate::serve::{Stop, Worker};
 use crate::watchdog::Watchdog;
 use crate::watcher::{ReadyQueue, Watcher};
@@ -332,12 +333,18 @@ pub fn boot(py: Python<'_>) -> Result<Worker, BootError> {
     } else {
         None
     };
-    let watcher = Watcher::start(ready.clone())
-        .map_err(|e| boot_error(format!("cannot start the connection watcher: {e}")))?;
+    let parking = Arc::new(Parking::from_spec(spec.park_fd, spec.dispatch_fd));
+    let watcher = Watcher::start(
+        ready.clone(),
+        Arc::clone(&parking),
+        spec.threads.max(1) as usize,
+    )
+    .map_err(|e| boot_error(format!("cannot start the connection watcher: {e}")))?;
     let (server_config, capacity) = Worker::connection_settings(&spec);
     Ok(Worker {
         monitor,
         watcher,
+        parking,
         ready,
         server_config,
         capacity,

@@ -39,7 +39,8 @@
 //! - [`watchdog`]: `request_slowlog_timeout` and `request_terminate_timeout` (stack
 //!   dumps via faulthandler, `RequestTimeout`, the last-resort exit).
 //! - [`control`]: messages to the manager (READY, retire, slowlog), one writer at a time.
-//! - [`parking`]: handing idle kept-alive connections to the manager and back.
+//! - [`parking`]: idle kept-alive connections: each thread's held set, and handing
+//!   them to the manager and back.
 //! - [`watcher`]: reading connections whose requests are in the app (GET_VALUES,
 //!   ABORT, multiplexed requests), and the queue of requests waiting for a thread.
 //! - [`recycle`], [`report`]: pure helpers (RSS, the retire rule; report texts).

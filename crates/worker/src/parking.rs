@@ -1,20 +1,36 @@
-//! Handing idle kept-alive connections to the manager and taking back the ones whose
-//! next request has arrived.
+//! Idle kept-alive connections: the ones a request thread holds, and handing them to
+//! the manager and taking back the ones whose next request has arrived.
 //!
-//! A worker serves one connection at a time, so a web server's idle cached connection
-//! (nginx `keepalive` + `fastcgi_keep_conn on`) would otherwise pin a whole worker. The
-//! pool shares two SOCK_SEQPACKET socketpairs with the manager (see
-//! [`pyfpm_ipc::WorkerSpec::park_fd`]): a worker idle on a kept connection that sees
-//! other work waiting (or is asked to stop) *parks* it: one message on PARK carrying the
-//! connection as SCM_RIGHTS. The manager watches parked connections and, when one
-//! becomes readable, passes it on DISPATCH, where any idle worker of the pool takes it.
+//! A web server's cached connection (nginx `keepalive` + `fastcgi_keep_conn on`) is
+//! idle between its requests. A request thread that served one keeps it in its
+//! [`Held`] set and watches it, with the listeners, in the poll(2) of its main loop:
+//! the connection's next request is served where its previous one was, with no system
+//! call beyond that poll, the read and the write. A thread holds any number of idle
+//! connections (up to [`MAX_HELD`]); none of them pins it, since it waits on all of
+//! them and on new connections at once.
+//!
+//! What a held connection could still wait for is its thread, busy with another
+//! request. The connection watcher ([`crate::watcher`]) looks at the held sets every
+//! tick: a connection found readable at two ticks in a row (its request has waited
+//! 2 ms or more) is *parked*. So is the oldest one beyond [`MAX_HELD`], and every one
+//! when the worker stops. Parking is one message on the pool's PARK socket (see
+//! [`pyfpm_ipc::WorkerSpec::park_fd`]) carrying the connection as SCM_RIGHTS; the
+//! manager watches parked connections and, when one becomes readable, passes it on
+//! DISPATCH, where any idle worker of the pool takes it.
 //!
 //! The message format (both directions) is [`pyfpm_ipc::handoff`]'s.
 
+use crate::conn::{Shared, lock};
 use pyfpm_ipc::handoff::{self, Received};
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Idle connections one request thread holds at most; beyond, the one idle longest is
+/// parked. Each costs its thread's poll(2) a few dozen nanoseconds.
+pub const MAX_HELD: usize = 64;
 
 /// The worker's ends of its pool's PARK and DISPATCH socketpairs.
 #[derive(Debug)]
@@ -98,6 +114,23 @@ impl Parking {
         handoff::send(park.as_raw_fd(), conn, buffered, false).map_err(io::Error::from)
     }
 
+    /// Park a held connection (idle between requests, driven by nobody) and close this
+    /// worker's copy. `Some(message)` when that failed: the connection is closed all
+    /// the same, and the web server opens a new one for its next request.
+    pub fn park_conn(&self, shared: &Shared) -> Option<String> {
+        let mut conn = lock(shared);
+        let buffered = conn.take_buffered();
+        let failed = conn.raw_fd().and_then(|fd| {
+            let e = self.park(fd, &buffered).err()?;
+            Some(format!(
+                "{}: cannot park the idle connection: {e}; closed",
+                conn.peer
+            ))
+        });
+        conn.close();
+        failed
+    }
+
     /// Take one dispatched connection, without waiting: `None` when another worker got
     /// it first (or nothing is queued).
     pub fn take(&self) -> Option<(OwnedFd, Vec<u8>)> {
@@ -125,4 +158,122 @@ impl Parking {
             }
         }
     }
+}
+
+/// One request thread's idle kept-alive connections (see the module documentation).
+/// Only the thread adds to it; the thread takes connections out to serve them, the
+/// watcher to park them. Whoever removes a connection owns it.
+#[derive(Debug, Default)]
+pub struct Held {
+    conns: Mutex<VecDeque<HeldConn>>,
+    /// The thread is in its main loop's poll, watching these connections.
+    polling: AtomicBool,
+}
+
+#[derive(Debug)]
+struct HeldConn {
+    conn: Shared,
+    fd: RawFd,
+    /// Readable at the watcher's last look.
+    seen: bool,
+}
+
+impl Held {
+    fn list(&self) -> std::sync::MutexGuard<'_, VecDeque<HeldConn>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hold `conn` (its socket is `fd`). Returns the connection idle longest when
+    /// that makes more than [`MAX_HELD`] (with `bounded`), for the caller to park.
+    pub fn push(&self, conn: Shared, fd: RawFd, bounded: bool) -> Option<Shared> {
+        let mut list = self.list();
+        list.push_back(HeldConn {
+            conn,
+            fd,
+            seen: false,
+        });
+        (bounded && list.len() > MAX_HELD)
+            .then(|| list.pop_front().map(|h| h.conn))
+            .flatten()
+    }
+
+    /// Append the held connections' fds to `fds`.
+    pub fn fds_into(&self, fds: &mut Vec<RawFd>) {
+        fds.extend(self.list().iter().map(|h| h.fd));
+    }
+
+    /// Take the connection whose socket is `fd`, unless the watcher parked it since.
+    pub fn take(&self, fd: RawFd) -> Option<Shared> {
+        let mut list = self.list();
+        let i = list.iter().position(|h| h.fd == fd)?;
+        list.remove(i).map(|h| h.conn)
+    }
+
+    /// Take every held connection (the thread is leaving).
+    pub fn drain(&self) -> Vec<Shared> {
+        self.list().drain(..).map(|h| h.conn).collect()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.list().is_empty()
+    }
+
+    /// The thread enters (`true`) or leaves its main loop's poll.
+    pub fn set_polling(&self, polling: bool) {
+        self.polling.store(polling, Ordering::SeqCst);
+    }
+
+    /// Held connections that nobody watches: the thread is elsewhere (serving, or
+    /// waiting for one connection's request).
+    pub fn unwatched(&self) -> bool {
+        !self.polling.load(Ordering::SeqCst) && !self.is_empty()
+    }
+
+    /// For the watcher: take the connections readable now that were readable at the
+    /// previous look too (their next request waits for this thread).
+    pub fn overdue(&self) -> Vec<Shared> {
+        let fds: Vec<RawFd> = {
+            let list = self.list();
+            if list.is_empty() {
+                return Vec::new();
+            }
+            list.iter().map(|h| h.fd).collect()
+        };
+        let readable = readable_now(&fds);
+        let mut out = Vec::new();
+        self.list().retain_mut(|h| {
+            // The list may have changed meanwhile: match by fd (a connection taken and
+            // held again counts as seen; it is then parked a tick early, no harm).
+            let Some(i) = fds.iter().position(|&fd| fd == h.fd) else {
+                return true;
+            };
+            if !readable[i] {
+                h.seen = false;
+                return true;
+            }
+            if h.seen {
+                out.push(std::sync::Arc::clone(&h.conn));
+                return false;
+            }
+            h.seen = true;
+            true
+        });
+        out
+    }
+}
+
+/// Which of `fds` have data (or end of file, or an error) to read right now.
+pub fn readable_now(fds: &[RawFd]) -> Vec<bool> {
+    let mut pollfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `pollfds` is a valid array of `pollfds.len()` pollfd structs; zero timeout.
+    let n = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 0) };
+    pollfds.iter().map(|p| n > 0 && p.revents != 0).collect()
 }

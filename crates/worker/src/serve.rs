@@ -1,5 +1,5 @@
-//! The serve loop: wait on the listening sockets, the control socket and the signal
-//! self-pipe; accept one connection; serve its requests; repeat.
+//! The serve loop: wait on the listening sockets, the held idle connections, the
+//! control socket and the signal self-pipe; serve what is ready; repeat.
 //!
 //! Threads: with `threads` = N > 1, N request threads run this loop side by side (the
 //! main thread is one of them), each attached to the interpreter for its whole life and
@@ -8,20 +8,21 @@
 //! request); the thread that takes a request stops driving while the app runs, and the
 //! [`crate::watcher`] reads the connection meanwhile, queueing requests multiplexed on
 //! it for the other threads. When a request ends, its thread becomes the driver if the
-//! connection has none, else goes back to the loop.
+//! connection has none, else goes back to the loop. Each thread holds its own idle
+//! connections.
 //!
-//! Kept-alive connections: between two requests the worker waits on the connection and
-//! also on the listeners and the pool's DISPATCH socket (see [`crate::parking`]). The
-//! connection's next request is served directly; when other work is waiting instead, the
-//! idle connection is parked with the manager and the worker goes back to the main loop,
-//! which takes connections from the listeners and, already carrying their next request,
-//! from DISPATCH. An idle connection never pins a worker.
+//! Kept-alive connections: between two requests a connection goes back to the thread's
+//! main loop, which waits on the listeners, the pool's DISPATCH socket, the ready queue
+//! and every idle connection the thread holds ([`crate::parking::Held`]) in one
+//! poll(2), then serves everything found ready, each once (a *sweep*). A connection's
+//! next request is thus served by the thread that served the previous one, with a poll,
+//! a read and a write; the watcher parks one whose request waits for a busy thread, and
+//! a stopping thread parks them all. An idle connection never pins a worker.
 //!
 //! Stopping: SIGQUIT (graceful) and end of file on the control socket (the manager is
 //! gone) both mean "finish the request in progress, then exit 0"; a worker that is idle
-//! exits at once, and one waiting for the next request on a kept-alive connection parks
-//! it first (the web server believes it alive; closing it would fail its next
-//! request). SIGTERM is left at its default action: it is the manager's fast stop. A
+//! exits at once, after parking the kept-alive connections it holds (the web server
+//! believes them alive; closing one would fail its next request). SIGTERM is left at its default action: it is the manager's fast stop. A
 //! SIGINT (Python's KeyboardInterrupt) is treated like SIGQUIT. Every blocking call
 //! (poll, accept, read, write) runs with the GIL released.
 
@@ -57,6 +58,8 @@ pub struct Worker {
     pub monitor: crate::monitor::Monitor,
     /// Reads connections whose requests are in the app.
     pub watcher: Arc<Watcher>,
+    /// The pool's PARK and DISPATCH sockets (idle kept-alive connections).
+    pub parking: Arc<Parking>,
     /// Multiplexed requests waiting for a free thread (`threads` > 1).
     pub ready: Option<Arc<ReadyQueue>>,
     /// The codec settings of every connection (limits, roles, multiplexing).
@@ -321,45 +324,47 @@ pub fn serve_forever(py: Python<'_>, worker: &Worker) -> i32 {
     })
 }
 
-/// One request thread's loop: take connections from the listeners and DISPATCH, and
-/// requests from the ready queue, until a stop. `index` names the thread (0 = main).
+/// One request thread's loop: wait on the listeners, DISPATCH, the ready queue and the
+/// thread's held idle connections; serve everything found ready, each once; repeat
+/// until a stop. `index` names the thread (0 = main).
 fn serve_loop(py: Python<'_>, worker: &Worker, index: usize) -> i32 {
     if let Some(dog) = &worker.monitor.watchdog {
         dog.register_thread(index);
     }
     let main = index == 0;
-    let parking = Parking::from_spec(worker.spec.park_fd, worker.spec.dispatch_fd);
+    let parking = &*worker.parking;
+    let held = worker.watcher.held(index);
     let listener_fds: Vec<RawFd> = worker
         .listeners
         .iter()
         .map(|(fd, _)| fd.as_raw_fd())
         .collect();
     let ready_fd = worker.ready.as_ref().map(|r| r.fd());
-    // What a thread driving a kept connection also watches: one readable means it is
-    // needed elsewhere (listeners and DISPATCH only when it can park the connection).
-    let others: Vec<RawFd> = listener_fds
-        .iter()
-        .copied()
-        .filter(|_| parking.enabled())
-        .chain(parking.dispatch_fd())
-        .chain(ready_fd)
-        .collect();
     // Start the accept attempts at a rotating listener so that one busy listener cannot
     // starve the others.
     let mut first = 0usize;
+    let mut fds: Vec<RawFd> = Vec::new();
+    let mut code = exit::OK;
     loop {
         if worker.stop.requested() {
             break;
         }
         let dispatch = parking.dispatch_fd();
-        let mut fds = listener_fds.clone();
+        fds.clear();
+        fds.extend(&listener_fds);
         fds.extend(dispatch);
         fds.extend(ready_fd);
-        let polled = match py.detach(|| worker.stop.poll(&fds, main)) {
+        let fixed = fds.len();
+        held.fds_into(&mut fds);
+        held.set_polling(true);
+        let polled = py.detach(|| worker.stop.poll(&fds, main));
+        held.set_polling(false);
+        let polled = match polled {
             Ok(p) => p,
             Err(e) => {
                 log(Level::Error, format!("poll() failed: {e}; worker exiting"));
-                return 1;
+                code = 1;
+                break;
             }
         };
         if polled.interrupted && !check_signals(py, worker) {
@@ -368,45 +373,39 @@ fn serve_loop(py: Python<'_>, worker: &Worker, index: usize) -> i32 {
         if polled.stop {
             break;
         }
+        if fds.len() > fixed {
+            // Whatever this sweep does, the held connections are not watched meanwhile.
+            worker.watcher.wake();
+        }
+        // One sweep: everything found ready is served once, in this order, before the
+        // next poll; what becomes ready meanwhile waits for the next sweep, so no
+        // source starves another.
         let n = listener_fds.len();
         if ready_fd.is_some() && polled.readable[n + usize::from(dispatch.is_some())] {
             // A request multiplexed on a connection whose driver is busy.
             if let Some((shared, token)) = worker.ready.as_ref().and_then(|r| r.pop()) {
-                drive(
-                    py,
-                    worker,
-                    index,
-                    &parking,
-                    &others,
-                    &shared,
-                    false,
-                    Some(token),
-                );
-                continue;
+                drive(py, worker, index, &shared, false, false, Some(token));
             }
         }
         if dispatch.is_some() && polled.readable[n] {
-            // A parked connection whose next request has arrived: it waited longer than
-            // anything in the listen queues.
+            // A parked connection whose next request has arrived.
             if let Some((fd, payload)) = py.detach(|| parking.take()) {
                 let peer = dispatched_peer(&fd);
-                serve_connection(
-                    py,
-                    worker,
-                    index,
-                    &parking,
-                    &others,
-                    Socket::new(fd),
-                    peer,
-                    &payload,
-                    false,
-                );
-                continue;
+                serve_connection(py, worker, index, Socket::new(fd), peer, &payload, false);
             }
         }
-        let fds = &listener_fds;
-        for k in 0..fds.len() {
-            let i = (first + k) % fds.len();
+        for (&fd, _) in fds[fixed..]
+            .iter()
+            .zip(&polled.readable[fixed..])
+            .filter(|(_, readable)| **readable)
+        {
+            // The next request of a connection this thread served before (or its end).
+            if let Some(shared) = held.take(fd) {
+                drive(py, worker, index, &shared, false, true, None);
+            }
+        }
+        for k in 0..n {
+            let i = (first + k) % n;
             if !polled.readable[i] {
                 continue;
             }
@@ -414,8 +413,8 @@ fn serve_loop(py: Python<'_>, worker: &Worker, index: usize) -> i32 {
             let accepted = py.detach(|| accept(listener.as_raw_fd(), info));
             match accepted {
                 Ok(Some((sock, peer))) => {
-                    first = (i + 1) % fds.len();
-                    serve_connection(py, worker, index, &parking, &others, sock, peer, &[], true);
+                    first = (i + 1) % n;
+                    serve_connection(py, worker, index, sock, peer, &[], true);
                     break;
                 }
                 Ok(None) => {}
@@ -430,6 +429,14 @@ fn serve_loop(py: Python<'_>, worker: &Worker, index: usize) -> i32 {
             }
         }
     }
+    // Stopping: each held connection is parked (or, when its next request is already
+    // arriving, that request is served first). A failed poll stops the worker too.
+    if !worker.stop.requested() {
+        worker.stop.request();
+    }
+    for shared in held.drain() {
+        drive(py, worker, index, &shared, false, false, None);
+    }
     if main {
         log(
             Level::Debug,
@@ -440,7 +447,7 @@ fn serve_loop(py: Python<'_>, worker: &Worker, index: usize) -> i32 {
             ),
         );
     }
-    exit::OK
+    code
 }
 
 /// Let Python run its signal handlers. `false` when one raised (KeyboardInterrupt): the
@@ -529,26 +536,29 @@ enum Wait {
     Closed,
     /// Stop requested while no request was in progress.
     Stop,
-    /// Idle between requests while other work waits, or stop requested then: hand the
-    /// connection to the manager.
+    /// Stop requested between requests: hand the connection to the manager.
     Park,
-    /// Other requests of the connection are in service on other threads, and this
-    /// thread is needed elsewhere (or a stop came): stop driving; the watcher reads the
-    /// connection, and the thread that finishes the last request drives it again.
+    /// Idle between requests: the thread holds the connection (its socket is the fd)
+    /// and watches it in its main loop, with everything else.
+    Hold(RawFd),
+    /// Other requests of the connection are in service on other threads: stop driving;
+    /// the watcher reads the connection, and the thread that finishes the last request
+    /// drives it again.
     Leave,
     /// poll(2) was interrupted by a signal; Python's handlers must run.
     Interrupted,
 }
 
 /// Wait (GIL released) for the next request on a connection this thread drives,
-/// answering management records meanwhile. After a stop: `first` (no request came on
-/// this connection yet) still waits for that request, as PHP-FPM's worker does -- the
-/// web server connected and is about to send it, and dropping the connection would fail
-/// it (bounded: the manager SIGKILLs a worker still there after
-/// `process_control_timeout`); `finish_pending` still serves a next request that is
-/// already arriving. `others` (the listeners and DISPATCH when `can_park`, and the ready
-/// queue) are watched between requests on a kept connection: one readable means this
-/// thread is needed elsewhere.
+/// answering management records meanwhile. Only a request already arriving is waited
+/// for, within `request_read_timeout`; between two requests the connection is handed
+/// back to the thread's main loop ([`Wait::Hold`]). `first`: a new connection, whose
+/// first request is awaited like an arriving one, even after a stop, as PHP-FPM's
+/// worker does -- the web server connected and is about to send it, and dropping the
+/// connection would fail it (bounded: the manager SIGKILLs a worker still there after
+/// `process_control_timeout`). `read_now`: the connection was seen readable, read it
+/// before deciding. After a stop, `finish_pending` still serves a next request that is
+/// already arriving.
 ///
 /// The connection's lock is not held while waiting: the connection's other requests
 /// keep writing their responses.
@@ -557,21 +567,22 @@ fn wait_for_request(
     stop: &Stop,
     main: bool,
     first: bool,
+    read_now: bool,
     finish_pending: bool,
     can_park: bool,
-    others: &[RawFd],
 ) -> Result<Wait, ConnError> {
     let park_or_stop = if !can_park { Wait::Stop } else { Wait::Park };
     let mut conn = lock(shared);
     // A new connection's first request is normally there already (the web server sends
-    // it with the connect): one read without blocking saves the poll(2).
-    let mut read_first_at_once = first;
+    // it with the connect), as is a held connection's when it polled readable: one read
+    // without blocking saves a poll(2).
+    let mut read_at_once = first || read_now;
     loop {
         conn.process_events()?;
         if let Some(token) = conn.claim_ready() {
             return Ok(Wait::Ready(token));
         }
-        if std::mem::take(&mut read_first_at_once) && !stop.requested() {
+        if std::mem::take(&mut read_at_once) && !stop.requested() {
             let (guard, filled) = fill(shared, conn, true);
             conn = guard;
             if !filled? {
@@ -586,10 +597,9 @@ fn wait_for_request(
         let between = !conn.receiving() && !conn.has_buffered_input();
         let idle = conn.is_idle();
         if between {
-            // A stop wins, and poll also watches the stop sources -- unless the next
-            // request is already arriving: closing then would reset a request the web
-            // server has sent (nginx retries that only for idempotent methods on a
-            // cached connection), so it is served first.
+            // A stop wins -- unless the next request is already arriving: closing then
+            // would reset a request the web server has sent (nginx retries that only
+            // for idempotent methods on a cached connection), so it is served first.
             if stop.requested() {
                 if !idle {
                     conn.driver = false;
@@ -612,23 +622,21 @@ fn wait_for_request(
                 }
                 continue;
             }
+            if !first {
+                if idle {
+                    return Ok(Wait::Hold(fd));
+                }
+                conn.driver = false;
+                return Ok(Wait::Leave);
+            }
         }
-        // Before the first request the web server is about to send it: nothing else is
-        // watched (a readable listener would wake this loop for nothing); nor while a
-        // request is arriving.
-        let watch_others = between && !first;
-        let watched: Vec<RawFd> = if watch_others {
-            [fd].iter().chain(others).copied().collect()
-        } else {
-            vec![fd]
-        };
         // A new connection must bring its first request, and an arriving request its
         // next bytes, within request_read_timeout: one that sends nothing would
         // otherwise hold the thread forever.
-        let limit = (!watch_others && !conn.read_timeout().is_zero()).then(|| conn.read_timeout());
+        let limit = (!conn.read_timeout().is_zero()).then(|| conn.read_timeout());
         drop(conn);
         let polled = stop
-            .poll_timeout(&watched, limit, main)
+            .poll_timeout(&[fd], limit, main)
             .map_err(|e| ConnError::Io {
                 op: "waiting for the web server",
                 source: Arc::new(e),
@@ -641,17 +649,7 @@ fn wait_for_request(
             return Ok(Wait::Interrupted);
         }
         if !polled.readable[0] {
-            if !watch_others {
-                continue; // the stop branch above handles a stop before the first request
-            }
-            if polled.stop || polled.readable[1..].iter().any(|&r| r) {
-                if idle && conn.is_idle() {
-                    return Ok(park_or_stop);
-                }
-                conn.driver = false;
-                return Ok(Wait::Leave);
-            }
-            continue; // control-socket data that was not a stop
+            continue; // the stop branch above handles a stop
         }
         let (guard, filled) = fill(shared, conn, true);
         conn = guard;
@@ -663,14 +661,7 @@ fn wait_for_request(
 
 /// Whether `fd` has data (or end of file) to read right now.
 fn readable_now(fd: RawFd) -> bool {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, zero timeout.
-    let n = unsafe { libc::poll(&mut p, 1, 0) };
-    n > 0 && p.revents != 0
+    crate::parking::readable_now(&[fd])[0]
 }
 
 /// Block until `fd` has data (or end of file) to read.
@@ -697,13 +688,10 @@ fn wait_readable(fd: RawFd) -> io::Result<()> {
 /// bytes already read from it (by the manager, for a dispatched connection). `first`: a
 /// newly accepted connection, whose first request is awaited even after a stop. A
 /// dispatched one is a kept connection whose next request is arriving.
-#[allow(clippy::too_many_arguments)]
 fn serve_connection(
     py: Python<'_>,
     worker: &Worker,
     index: usize,
-    parking: &Parking,
-    others: &[RawFd],
     sock: Socket,
     peer: String,
     preload: &[u8],
@@ -717,25 +705,24 @@ fn serve_connection(
     conn.preload(preload);
     let shared = share(conn);
     worker.watcher.register(&shared);
-    drive(py, worker, index, parking, others, &shared, first, None);
+    drive(py, worker, index, &shared, first, true, None);
 }
 
 /// Drive a connection: serve its requests as they arrive, starting with request
 /// `start` when given (one taken from the ready queue). Returns when the connection is
-/// closed or parked, or when this thread leaves it to others (see [`Wait::Leave`]).
-/// `others`: see [`wait_for_request`].
-#[allow(clippy::too_many_arguments)]
+/// closed, parked or held (idle between requests), or when this thread leaves it to
+/// others (see [`Wait::Leave`]). `first`, `read_now`: see [`wait_for_request`].
 fn drive(
     py: Python<'_>,
     worker: &Worker,
     index: usize,
-    parking: &Parking,
-    others: &[RawFd],
     shared: &Shared,
     mut first: bool,
+    mut read_now: bool,
     mut start: Option<u64>,
 ) {
     let main = index == 0;
+    let parking = &*worker.parking;
     // After a stop, at most one more already-arriving request is served (a web server
     // that keeps the connection busy must not keep the worker forever).
     let mut finish_pending = true;
@@ -750,9 +737,9 @@ fn drive(
                         &worker.stop,
                         main,
                         first,
+                        std::mem::take(&mut read_now),
                         finish_pending,
                         parking.enabled(),
-                        others,
                     )
                 });
                 if stopping && !first {
@@ -765,23 +752,22 @@ fn drive(
                     }
                     Ok(Wait::Closed) | Ok(Wait::Stop) => break,
                     Ok(Wait::Leave) => return,
+                    Ok(Wait::Hold(fd)) => {
+                        let held = worker.watcher.held(index);
+                        if let Some(oldest) = held.push(Arc::clone(shared), fd, parking.enabled())
+                            && let Some(message) = py.detach(|| parking.park_conn(&oldest))
+                        {
+                            log(Level::Warning, message);
+                        }
+                        return;
+                    }
                     Ok(Wait::Park) => {
                         // One detach for lock and send: the mutex is never held across
                         // attaching.
-                        let failed = py.detach(|| {
-                            let mut conn = lock(shared);
-                            let buffered = conn.take_buffered();
-                            let fd = conn.raw_fd()?;
-                            let e = parking.park(fd, &buffered).err()?;
-                            Some(format!(
-                                "{}: cannot park the idle connection: {e}; closed",
-                                conn.peer
-                            ))
-                        });
-                        if let Some(message) = failed {
+                        if let Some(message) = py.detach(|| parking.park_conn(shared)) {
                             log(Level::Warning, message);
                         }
-                        break;
+                        return;
                     }
                     Ok(Wait::Interrupted) => {
                         if !check_signals(py, worker) {
@@ -808,7 +794,7 @@ fn drive(
                 }
             }
         }
-        worker.watcher.request_begun();
+        worker.watcher.wake();
         if wsgi::run_request(py, worker, index, shared, token) == Outcome::Close {
             break;
         }

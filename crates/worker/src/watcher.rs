@@ -9,6 +9,9 @@
 //! free request thread. With one thread the codec refuses a second request on a busy
 //! connection itself (FCGI_CANT_MPX_CONN), and the watcher sends that answer.
 //!
+//! The watcher also parks the idle kept-alive connections a busy thread holds once
+//! their next request has waited two ticks (see [`crate::parking`]).
+//!
 //! Why a tick and not a poll set: registering each connection with an epoll set as its
 //! request starts and ends would cost two system calls on every request, for records
 //! (GET_VALUES, ABORT) that mainstream web servers never send while a request runs.
@@ -17,6 +20,7 @@
 //! begins, so an idle worker does not wake.
 
 use crate::conn::{ConnCell, Shared, try_lock};
+use crate::parking::{Held, Parking};
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -100,21 +104,31 @@ pub struct Watcher {
     sleeping: AtomicBool,
     /// `true` while asleep; cleared (and the condvar signalled) to wake it.
     asleep: Mutex<bool>,
-    wake: Condvar,
+    woken: Condvar,
     /// Where new multiplexed requests go (`threads` > 1).
     ready: Option<Arc<ReadyQueue>>,
+    /// Each request thread's idle kept-alive connections, by thread index.
+    held: Vec<Held>,
+    /// Where overdue held connections go.
+    parking: Arc<Parking>,
 }
 
 impl Watcher {
-    /// Start the watcher thread.
-    pub fn start(ready: Option<Arc<ReadyQueue>>) -> io::Result<Arc<Watcher>> {
+    /// Start the watcher thread of a worker with `threads` request threads.
+    pub fn start(
+        ready: Option<Arc<ReadyQueue>>,
+        parking: Arc<Parking>,
+        threads: usize,
+    ) -> io::Result<Arc<Watcher>> {
         let watcher = Arc::new(Watcher {
             conns: Mutex::new(Vec::new()),
             activity: AtomicU64::new(0),
             sleeping: AtomicBool::new(false),
             asleep: Mutex::new(false),
-            wake: Condvar::new(),
+            woken: Condvar::new(),
             ready,
+            held: (0..threads.max(1)).map(|_| Held::default()).collect(),
+            parking,
         });
         let thread = Arc::clone(&watcher);
         std::thread::Builder::new()
@@ -131,15 +145,21 @@ impl Watcher {
             .push(Arc::downgrade(conn));
     }
 
-    /// A request is about to run: keep the watcher awake, or wake it.
-    pub fn request_begun(&self) {
+    /// Request thread `index`'s idle kept-alive connections.
+    pub fn held(&self, index: usize) -> &Held {
+        &self.held[index]
+    }
+
+    /// A request is about to run, or a thread waits away from its held connections:
+    /// keep the watcher awake, or wake it.
+    pub fn wake(&self) {
         self.activity.fetch_add(1, Ordering::SeqCst);
         if self.sleeping.load(Ordering::SeqCst) {
             let mut asleep = self.asleep.lock().unwrap_or_else(|p| p.into_inner());
             if *asleep {
                 *asleep = false;
                 self.sleeping.store(false, Ordering::SeqCst);
-                self.wake.notify_one();
+                self.woken.notify_one();
             }
         }
     }
@@ -149,7 +169,7 @@ impl Watcher {
         loop {
             let seen = self.activity.load(Ordering::SeqCst);
             std::thread::sleep(TICK);
-            let busy = self.scan();
+            let busy = self.scan() | self.park_overdue();
             if busy || self.activity.load(Ordering::SeqCst) != seen {
                 quiet = 0;
                 continue;
@@ -170,9 +190,30 @@ impl Watcher {
                 continue;
             }
             while *asleep {
-                asleep = self.wake.wait(asleep).unwrap_or_else(|p| p.into_inner());
+                asleep = self.woken.wait(asleep).unwrap_or_else(|p| p.into_inner());
             }
         }
+    }
+
+    /// Park the held connections whose next request waits for a busy thread. `true`
+    /// while some thread holds connections it is not watching.
+    fn park_overdue(&self) -> bool {
+        let mut unwatched = false;
+        for held in &self.held {
+            if !held.unwatched() {
+                continue;
+            }
+            unwatched = true;
+            if !self.parking.enabled() {
+                continue;
+            }
+            for conn in held.overdue() {
+                if let Some(message) = self.parking.park_conn(&conn) {
+                    crate::log::log(crate::log::Level::Warning, message);
+                }
+            }
+        }
+        unwatched
     }
 
     /// Read every connection whose requests are in service and that no thread is
