@@ -43,6 +43,24 @@ pub fn encode_record(out: &mut BytesMut, record_type: RecordType, request_id: u1
     out.put_slice(&PADDING[..usize::from(header.padding_length)]);
 }
 
+/// Append one record whose content is `head` followed by `tail`, without joining them
+/// first (a response's header block and the start of its body). Panics if they
+/// add up to more than 65535 bytes.
+pub fn encode_record_parts(
+    out: &mut BytesMut,
+    record_type: RecordType,
+    request_id: u16,
+    head: &[u8],
+    tail: &[u8],
+) {
+    let header = record_header(record_type, request_id, head.len() + tail.len());
+    out.reserve(header.record_len());
+    out.put_slice(&header.to_bytes());
+    out.put_slice(head);
+    out.put_slice(tail);
+    out.put_slice(&PADDING[..usize::from(header.padding_length)]);
+}
+
 /// Append `data` as one or more records of a stream type (STDIN, STDOUT, STDERR, DATA,
 /// PARAMS). Empty `data` appends nothing: an empty record would end the stream, which is
 /// [`encode_end_of_stream`]'s job.
@@ -146,6 +164,38 @@ pub fn encode_unknown_type(out: &mut BytesMut, record_type: u8) {
 mod tests {
     use super::*;
     use crate::RecordDecoder;
+
+    #[test]
+    fn a_record_in_two_parts_is_the_record_of_both_joined() {
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        for (head, tail) in [
+            (0, 0),
+            (0, 9),
+            (9, 0),
+            (13, 100),
+            (100, 65_435),
+            (65_535, 0),
+        ] {
+            let (h, t) = (&data[..head], &data[head..head + tail]);
+            let mut parts = BytesMut::new();
+            encode_record_parts(&mut parts, RecordType::Stdout, 3, h, t);
+            let mut joined = BytesMut::new();
+            encode_record(&mut joined, RecordType::Stdout, 3, &[h, t].concat());
+            assert_eq!(parts, joined, "head {head}, tail {tail}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "exceeds")]
+    fn a_record_in_two_parts_over_the_limit_panics() {
+        encode_record_parts(
+            &mut BytesMut::new(),
+            RecordType::Stdout,
+            1,
+            &[0; 40_000],
+            &[0; 30_000],
+        );
+    }
 
     fn decode_all(mut buf: BytesMut) -> Vec<crate::Record> {
         let mut dec = RecordDecoder::new();

@@ -250,7 +250,7 @@ pub fn boot(py: Python<'_>) -> Result<Worker, BootError> {
         scoreboard,
     } = take_fds(&spec).map_err(boot_error)?;
     let board = scoreboard
-        .map(|fd| open_scoreboard(&spec, fd))
+        .map(|fd| open_scoreboard(&spec, fd).map(|(b, i)| (Arc::new(b), i)))
         .transpose()
         .map_err(boot_error)?;
     // Signal handlers before the (possibly slow) app import: a SIGQUIT from the manager
@@ -316,7 +316,7 @@ pub fn boot(py: Python<'_>) -> Result<Worker, BootError> {
         ),
     );
     let monitor = Monitor::new(
-        board,
+        board.clone(),
         watchdog,
         control,
         Limits {
@@ -337,6 +337,7 @@ pub fn boot(py: Python<'_>) -> Result<Worker, BootError> {
     let watcher = Watcher::start(
         ready.clone(),
         Arc::clone(&parking),
+        board,
         spec.threads.max(1) as usize,
     )
     .map_err(|e| boot_error(format!("cannot start the connection watcher: {e}")))?;

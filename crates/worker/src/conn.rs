@@ -800,13 +800,21 @@ impl Conn {
         let mut rest = body;
         if !req.response.headers_sent {
             req.response.headers_sent = true;
-            let mut block = req.response.pending_headers.take().unwrap_or_default();
-            let first = body
-                .len()
-                .min(fcgi::MAX_CONTENT_LEN.saturating_sub(block.len()));
-            block.extend_from_slice(&body[..first]);
-            fcgi::encode_stream(&mut self.out, RecordType::Stdout, id, &block);
-            rest = &body[first..];
+            let block = req.response.pending_headers.take().unwrap_or_default();
+            if block.len() < fcgi::MAX_CONTENT_LEN {
+                // The header block and the start of the body share one record.
+                let first = body.len().min(fcgi::MAX_CONTENT_LEN - block.len());
+                fcgi::encode_record_parts(
+                    &mut self.out,
+                    RecordType::Stdout,
+                    id,
+                    &block,
+                    &body[..first],
+                );
+                rest = &body[first..];
+            } else {
+                fcgi::encode_stream(&mut self.out, RecordType::Stdout, id, &block);
+            }
         }
         for slice in rest.chunks(WRITE_SLICE) {
             if self.out.len() >= WRITE_SLICE {
@@ -1016,8 +1024,8 @@ pub fn read_input(
     stream: InputStream,
     max: Option<usize>,
     line: bool,
-) -> Result<Vec<u8>, OpError> {
-    let mut out = Vec::new();
+) -> Result<InputChunks, OpError> {
+    let mut out = InputChunks::default();
     let mut conn = lock(shared);
     loop {
         let body_max = conn.body_max;
@@ -1122,11 +1130,45 @@ pub fn finish_request(
     (conn, flushed.map(|()| keep))
 }
 
+/// Body bytes read for the app: slices of the received records, not copied, until they
+/// are copied once into the Python object.
+#[derive(Debug, Default)]
+pub struct InputChunks {
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+impl InputChunks {
+    fn push(&mut self, part: Bytes) {
+        self.len += part.len();
+        self.parts.push(part);
+    }
+
+    /// Total bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// No bytes (end of body).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copy everything into `dst`, which is exactly [`InputChunks::len`] bytes long.
+    pub fn copy_to(&self, dst: &mut [u8]) {
+        let mut at = 0;
+        for part in &self.parts {
+            dst[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+    }
+}
+
 /// Move up to `want` bytes from the front of `queue` to `out`; with `line`, stop after
 /// the first `\n`. Returns `(bytes moved, stopped at a newline)`.
 fn take_from_queue(
     queue: &mut VecDeque<Bytes>,
-    out: &mut Vec<u8>,
+    out: &mut InputChunks,
     want: u64,
     line: bool,
 ) -> (u64, bool) {
@@ -1145,12 +1187,13 @@ fn take_from_queue(
                 newline = true;
             }
         }
-        out.extend_from_slice(&front[..n]);
         taken += n as u64;
         if n == front.len() {
-            queue.pop_front();
+            if let Some(whole) = queue.pop_front() {
+                out.push(whole);
+            }
         } else {
-            let _ = front.split_to(n);
+            out.push(front.split_to(n));
         }
         if newline {
             return (taken, true);

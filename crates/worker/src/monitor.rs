@@ -46,7 +46,7 @@ struct Active {
 /// its index) and read by the watchdog thread.
 pub struct Monitor {
     /// The pool's scoreboard and this worker's slot index in it.
-    board: Option<(Scoreboard, usize)>,
+    board: Option<(Arc<Scoreboard>, usize)>,
     /// The request watchdog, when a timeout is configured.
     pub watchdog: Option<Arc<Watchdog>>,
     /// RSS reader.
@@ -79,7 +79,7 @@ impl Monitor {
     /// Build the monitor. `board` is the opened scoreboard and this worker's slot
     /// (already checked to be in range).
     pub fn new(
-        board: Option<(Scoreboard, usize)>,
+        board: Option<(Arc<Scoreboard>, usize)>,
         watchdog: Option<Arc<Watchdog>>,
         control: Arc<Control>,
         limits: Limits,

@@ -12,8 +12,9 @@
 //! What a held connection could still wait for is its thread, busy with another
 //! request. The connection watcher ([`crate::watcher`]) looks at the held sets every
 //! tick: a connection found readable at two ticks in a row (its request has waited
-//! 2 ms or more) is *parked*. So is the oldest one beyond [`MAX_HELD`], and every one
-//! when the worker stops. Parking is one message on the pool's PARK socket (see
+//! 2 ms or more) is *parked* when another thread or worker of the pool is idle, and
+//! after 100 ms otherwise (see [`crate::watcher::OVERDUE_TICKS`]). So is the oldest one
+//! beyond [`MAX_HELD`], and every one when the worker stops. Parking is one message on the pool's PARK socket (see
 //! [`pyfpm_ipc::WorkerSpec::park_fd`]) carrying the connection as SCM_RIGHTS; the
 //! manager watches parked connections and, when one becomes readable, passes it on
 //! DISPATCH, where any idle worker of the pool takes it.
@@ -174,8 +175,8 @@ pub struct Held {
 struct HeldConn {
     conn: Shared,
     fd: RawFd,
-    /// Readable at the watcher's last look.
-    seen: bool,
+    /// Looks in a row at which the watcher found it readable.
+    seen: u32,
 }
 
 impl Held {
@@ -187,11 +188,7 @@ impl Held {
     /// that makes more than [`MAX_HELD`] (with `bounded`), for the caller to park.
     pub fn push(&self, conn: Shared, fd: RawFd, bounded: bool) -> Option<Shared> {
         let mut list = self.list();
-        list.push_back(HeldConn {
-            conn,
-            fd,
-            seen: false,
-        });
+        list.push_back(HeldConn { conn, fd, seen: 0 });
         (bounded && list.len() > MAX_HELD)
             .then(|| list.pop_front().map(|h| h.conn))
             .flatten()
@@ -224,6 +221,11 @@ impl Held {
         self.polling.store(polling, Ordering::SeqCst);
     }
 
+    /// Whether the thread is in its main loop's poll (idle).
+    pub fn is_polling(&self) -> bool {
+        self.polling.load(Ordering::SeqCst)
+    }
+
     /// Held connections that nobody watches: the thread is elsewhere (serving, or
     /// waiting for one connection's request).
     pub fn unwatched(&self) -> bool {
@@ -231,8 +233,8 @@ impl Held {
     }
 
     /// For the watcher: take the connections readable now that were readable at the
-    /// previous look too (their next request waits for this thread).
-    pub fn overdue(&self) -> Vec<Shared> {
+    /// previous `ticks - 1` looks too (their next request waits for this thread).
+    pub fn overdue(&self, ticks: u32) -> Vec<Shared> {
         let fds: Vec<RawFd> = {
             let list = self.list();
             if list.is_empty() {
@@ -249,14 +251,14 @@ impl Held {
                 return true;
             };
             if !readable[i] {
-                h.seen = false;
+                h.seen = 0;
                 return true;
             }
-            if h.seen {
+            h.seen += 1;
+            if h.seen >= ticks {
                 out.push(std::sync::Arc::clone(&h.conn));
                 return false;
             }
-            h.seen = true;
             true
         });
         out

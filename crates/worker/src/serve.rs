@@ -86,6 +86,9 @@ impl Worker {
     }
 }
 
+/// Connections accepted from one listener in a row, without polling in between.
+const ACCEPT_BURST: usize = 4;
+
 /// Result of waiting on some fds plus the stop sources.
 #[derive(Debug)]
 pub struct Polled {
@@ -415,6 +418,20 @@ fn serve_loop(py: Python<'_>, worker: &Worker, index: usize) -> i32 {
                 Ok(Some((sock, peer))) => {
                     first = (i + 1) % n;
                     serve_connection(py, worker, index, sock, peer, &[], true);
+                    // A busy listener (a connection per request): take its next
+                    // connections without a poll before each, a few at most, while this
+                    // thread holds no idle connection that would wait meanwhile.
+                    for _ in 1..ACCEPT_BURST {
+                        if !held.is_empty() || worker.stop.requested() {
+                            break;
+                        }
+                        match py.detach(|| accept(listener.as_raw_fd(), info)) {
+                            Ok(Some((sock, peer))) => {
+                                serve_connection(py, worker, index, sock, peer, &[], true)
+                            }
+                            _ => break,
+                        }
+                    }
                     break;
                 }
                 Ok(None) => {}

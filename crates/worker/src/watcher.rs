@@ -21,6 +21,7 @@
 
 use crate::conn::{ConnCell, Shared, try_lock};
 use crate::parking::{Held, Parking};
+use scoreboard::{Scoreboard, SlotState};
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -30,6 +31,16 @@ use std::time::Duration;
 
 /// How often the watcher reads the connections whose requests are in the app.
 pub const TICK: Duration = Duration::from_millis(2);
+
+/// Looks in a row at which a held connection must be readable (its next request
+/// waiting for its busy thread) before it is parked, when another thread or worker is
+/// idle: its request has then waited 2 to 4 ms.
+pub const OVERDUE_TICKS: u32 = 2;
+
+/// The same when nobody is idle (100 ms): parking then only helps if the manager
+/// starts a worker or another frees up before this thread does, and costs the system
+/// calls of a hand-over.
+pub const OVERDUE_TICKS_ALONE: u32 = 50;
 
 /// Ticks without any request before the watcher sleeps until the next one (1 s).
 const QUIET_TICKS: u32 = 500;
@@ -111,6 +122,8 @@ pub struct Watcher {
     held: Vec<Held>,
     /// Where overdue held connections go.
     parking: Arc<Parking>,
+    /// The pool's scoreboard and this worker's slot: is another worker idle?
+    board: Option<(Arc<Scoreboard>, usize)>,
 }
 
 impl Watcher {
@@ -118,6 +131,7 @@ impl Watcher {
     pub fn start(
         ready: Option<Arc<ReadyQueue>>,
         parking: Arc<Parking>,
+        board: Option<(Arc<Scoreboard>, usize)>,
         threads: usize,
     ) -> io::Result<Arc<Watcher>> {
         let watcher = Arc::new(Watcher {
@@ -129,6 +143,7 @@ impl Watcher {
             ready,
             held: (0..threads.max(1)).map(|_| Held::default()).collect(),
             parking,
+            board,
         });
         let thread = Arc::clone(&watcher);
         std::thread::Builder::new()
@@ -195,11 +210,14 @@ impl Watcher {
         }
     }
 
-    /// Park the held connections whose next request waits for a busy thread. `true`
-    /// while some thread holds connections it is not watching.
+    /// Park the held connections whose next request waits for a busy thread: after
+    /// [`OVERDUE_TICKS`] when some other thread or worker of the pool is idle and can
+    /// take it at once, after [`OVERDUE_TICKS_ALONE`] otherwise (the manager may start
+    /// a worker for it, or another may free up first). `true` while some thread holds
+    /// connections it is not watching.
     fn park_overdue(&self) -> bool {
         let mut unwatched = false;
-        for held in &self.held {
+        for (index, held) in self.held.iter().enumerate() {
             if !held.unwatched() {
                 continue;
             }
@@ -207,13 +225,34 @@ impl Watcher {
             if !self.parking.enabled() {
                 continue;
             }
-            for conn in held.overdue() {
+            let ticks = if self.idle_elsewhere(index) {
+                OVERDUE_TICKS
+            } else {
+                OVERDUE_TICKS_ALONE
+            };
+            for conn in held.overdue(ticks) {
                 if let Some(message) = self.parking.park_conn(&conn) {
                     crate::log::log(crate::log::Level::Warning, message);
                 }
             }
         }
         unwatched
+    }
+
+    /// Whether a request thread other than `thread`, or another worker of the pool, is
+    /// waiting for work.
+    fn idle_elsewhere(&self, thread: usize) -> bool {
+        let other_thread = self
+            .held
+            .iter()
+            .enumerate()
+            .any(|(i, h)| i != thread && h.is_polling());
+        other_thread
+            || self.board.as_ref().is_some_and(|(board, own)| {
+                (0..board.slots())
+                    .filter(|&i| i != *own)
+                    .any(|i| board.slot(i).state() == SlotState::Idle)
+            })
     }
 
     /// Read every connection whose requests are in service and that no thread is

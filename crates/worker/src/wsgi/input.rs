@@ -44,10 +44,22 @@ impl Input {
         }
     }
 
-    fn pull(&self, py: Python<'_>, max: Option<usize>, line: bool) -> PyResult<Vec<u8>> {
+    /// Read (GIL released) and make the bytes object: the body is copied once, from
+    /// the received records into the object.
+    fn pull<'py>(
+        &self,
+        py: Python<'py>,
+        max: Option<usize>,
+        line: bool,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let (conn, seq, stream) = (&self.conn, self.seq, self.stream);
-        py.detach(|| read_input(conn, seq, stream, max, line))
-            .map_err(op_error)
+        let chunks = py
+            .detach(|| read_input(conn, seq, stream, max, line))
+            .map_err(op_error)?;
+        PyBytes::new_with(py, chunks.len(), |dst| {
+            chunks.copy_to(dst);
+            Ok(())
+        })
     }
 }
 
@@ -61,15 +73,13 @@ impl Input {
     /// Read at most `size` bytes (all that is left with no size or a negative one).
     #[pyo3(signature = (size=None))]
     fn read<'py>(&self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
-        let data = self.pull(py, limit(size), false)?;
-        Ok(PyBytes::new(py, &data))
+        self.pull(py, limit(size), false)
     }
 
     /// Read one line, including its `\n`, or at most `size` bytes of it.
     #[pyo3(signature = (size=None))]
     fn readline<'py>(&self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
-        let data = self.pull(py, limit(size), true)?;
-        Ok(PyBytes::new(py, &data))
+        self.pull(py, limit(size), true)
     }
 
     /// Read lines until the end of the body, or until their total size reaches `hint`.
@@ -80,11 +90,11 @@ impl Input {
         let mut total = 0usize;
         loop {
             let line = self.pull(py, None, true)?;
-            if line.is_empty() {
+            if line.as_bytes().is_empty() {
                 break;
             }
-            total += line.len();
-            lines.append(PyBytes::new(py, &line))?;
+            total += line.as_bytes().len();
+            lines.append(line)?;
             if hint.is_some_and(|h| total >= h) {
                 break;
             }
@@ -98,6 +108,6 @@ impl Input {
 
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let line = self.pull(py, None, true)?;
-        Ok((!line.is_empty()).then(|| PyBytes::new(py, &line)))
+        Ok((!line.as_bytes().is_empty()).then_some(line))
     }
 }
