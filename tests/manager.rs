@@ -392,3 +392,24 @@ fn default_interpreter_is_python3_on_path() {
     let v = fcgi::request(&addr, &Request::get("/")).json();
     assert_eq!(v["environ"]["PATH_INFO"], "/");
 }
+
+#[test]
+fn an_apps_printed_lines_reach_the_log_after_each_request() {
+    let env = TestEnv::new();
+    let (pool, addr) = unix_pool(&env, "printer:application");
+    let p = env.start(&[pool.children(1)], &addr);
+    // The original sys.stdout writes straight through.
+    let r = fcgi::request(&addr, &Request::get("/?line=straight-through-1"));
+    assert_eq!(r.body, b"printed");
+    p.wait_log(
+        "said into stdout: \"straight-through-1\"",
+        Duration::from_secs(15),
+    );
+    // A buffered replacement is flushed by the worker after the request.
+    let r = fcgi::request(&addr, &Request::get("/?buffered=1&line=from-a-buffer-2"));
+    assert_eq!(r.body, b"printed");
+    p.wait_log(
+        "said into stdout: \"from-a-buffer-2\"",
+        Duration::from_secs(15),
+    );
+}

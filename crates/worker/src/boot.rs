@@ -289,6 +289,7 @@ pub fn boot(py: Python<'_>) -> Result<Worker, BootError> {
         )
     })?;
     let file_wrapper = py.get_type::<FileWrapper>().unbind();
+    crate::wsgi::note_std_streams(py);
     control
         .send(format!("{}\n", control::READY).as_bytes())
         .map_err(|e| {

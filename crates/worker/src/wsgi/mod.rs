@@ -43,6 +43,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use scoreboard::SlotState;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Turn a failed operation of a request object into the Python exception the app sees.
 pub(crate) fn op_error(err: OpError) -> PyErr {
@@ -646,11 +647,15 @@ fn timed_out(
 /// Flush Python's `sys.stdout` and `sys.stderr`, so the app's prints of this request
 /// reach the pool's log now rather than when a block buffer fills.
 fn flush_std_streams(py: Python<'_>) {
+    let skip_originals = ORIGINALS_UNBUFFERED.load(Ordering::Relaxed);
     // PySys_GetObject rather than `import sys` + getattr: this runs after every request.
-    for name in [c"stdout", c"stderr"] {
+    for (name, original) in [(c"stdout", c"__stdout__"), (c"stderr", c"__stderr__")] {
         // SAFETY: attached; returns a borrowed reference or NULL, with no error set.
         let ptr = unsafe { pyo3::ffi::PySys_GetObject(name.as_ptr()) };
-        if ptr.is_null() {
+        // SAFETY: as above.
+        if ptr.is_null()
+            || (skip_originals && ptr == unsafe { pyo3::ffi::PySys_GetObject(original.as_ptr()) })
+        {
             continue;
         }
         // SAFETY: a live borrowed reference owned by the sys module, used at once.
@@ -659,4 +664,25 @@ fn flush_std_streams(py: Python<'_>) {
             let _ = stream.call_method0(pyo3::intern!(py, "flush"));
         }
     }
+}
+
+/// `sys.__stdout__` and `sys.__stderr__` write straight through to their fds (the
+/// manager starts workers with PYTHONUNBUFFERED=1), so while the app has not replaced
+/// `sys.stdout` / `sys.stderr` there is nothing to flush after a request.
+static ORIGINALS_UNBUFFERED: AtomicBool = AtomicBool::new(false);
+
+/// At start-up: check that the original `sys.__stdout__` and `sys.__stderr__` buffer
+/// nothing (text layer `write_through`, over a raw `FileIO`), which lets the flush after
+/// each request skip them.
+pub fn note_std_streams(py: Python<'_>) {
+    let unbuffered = |name: &str| -> PyResult<bool> {
+        let sys = py.import("sys")?;
+        let stream = sys.getattr(name)?;
+        let raw = py.import("io")?.getattr("FileIO")?;
+        Ok(stream.getattr("write_through")?.is_truthy()?
+            && stream.getattr("buffer")?.get_type().is(&raw))
+    };
+    let both =
+        unbuffered("__stdout__").unwrap_or(false) && unbuffered("__stderr__").unwrap_or(false);
+    ORIGINALS_UNBUFFERED.store(both, Ordering::Relaxed);
 }
