@@ -335,6 +335,32 @@ fn a_held_connection_whose_worker_is_busy_is_served_by_an_idle_worker() {
 }
 
 #[test]
+fn more_idle_connections_than_a_thread_holds_all_stay_usable() {
+    // One worker holds at most 64 idle connections (pyfpm_worker::parking::MAX_HELD);
+    // beyond that it parks the oldest with the manager, which must not lose any.
+    let env = TestEnv::new();
+    let (pool, addr) = echo_pool(&env, 1);
+    let _p = start(&env, pool, "static");
+    let mut conns: Vec<Conn> = (0..72)
+        .map(|i| {
+            let mut c = Conn::connect(&addr).unwrap();
+            let r = c
+                .request(&Request::get(&format!("/first-{i}")).keep_conn(true))
+                .unwrap();
+            assert!(r.completed(), "first request on connection {i}");
+            c
+        })
+        .collect();
+    // Oldest first: those are the ones the worker handed to the manager.
+    for (i, c) in conns.iter_mut().enumerate() {
+        let r = c
+            .request(&Request::get(&format!("/again-{i}")).keep_conn(true))
+            .unwrap_or_else(|e| panic!("connection {i} failed on its second request: {e}"));
+        assert!(r.completed(), "second request on connection {i}");
+    }
+}
+
+#[test]
 fn ondemand_starts_a_worker_for_a_parked_connection_whose_request_arrived() {
     let env = TestEnv::new();
     let (pool, addr) = echo_pool(&env, 1);

@@ -22,9 +22,10 @@
 //! Stopping: SIGQUIT (graceful) and end of file on the control socket (the manager is
 //! gone) both mean "finish the request in progress, then exit 0"; a worker that is idle
 //! exits at once, after parking the kept-alive connections it holds (the web server
-//! believes them alive; closing one would fail its next request). SIGTERM is left at its default action: it is the manager's fast stop. A
-//! SIGINT (Python's KeyboardInterrupt) is treated like SIGQUIT. Every blocking call
-//! (poll, accept, read, write) runs with the GIL released.
+//! believes them alive; closing one would fail its next request). SIGTERM is left at
+//! its default action: it is the manager's fast stop. A SIGINT (Python's
+//! KeyboardInterrupt) is treated like SIGQUIT. Every blocking call (poll, accept, read,
+//! write) runs with the GIL released.
 
 use crate::conn::{Capacity, Conn, ConnError, Shared, Socket, fill, lock, share};
 use crate::log::{Level, log};
