@@ -111,7 +111,7 @@ pub struct Watcher {
     conns: Mutex<Vec<Weak<ConnCell>>>,
     /// Requests begun so far: the watcher stays awake while it moves.
     activity: AtomicU64,
-    /// The watcher sleeps until the next request (see [`Watcher::request_begun`]).
+    /// The watcher sleeps until the next request (see [`Watcher::wake`]).
     sleeping: AtomicBool,
     /// `true` while asleep; cleared (and the condvar signalled) to wake it.
     asleep: Mutex<bool>,
