@@ -12,10 +12,10 @@
 //! real-time signals that neither CPython nor common apps use:
 //!
 //! - [`terminate_signal`] = SIGRTMIN+2 (36 with glibc): `all_threads=True, chain=True`.
-//!   Before registering it, a Python-level handler ([`on_terminate_signal`]) is set with
+//!   Before registering it, a Python-level handler (`on_terminate_signal`) is set with
 //!   `signal.signal`, so faulthandler's C handler first writes the stack into the pipe
 //!   (async-signal-safe, immediately, even if the thread is stuck in C code), then chains
-//!   to Python's C handler, which makes the main thread run [`on_terminate_signal`] at
+//!   to Python's C handler, which makes the main thread run `on_terminate_signal` at
 //!   its next check: it raises [`RequestTimeout`]. Chaining also means no SA_RESTART, so
 //!   a blocking call (`time.sleep`, `select`, a socket read) returns EINTR, Python runs
 //!   the handler and the exception propagates.

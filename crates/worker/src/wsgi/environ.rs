@@ -9,12 +9,12 @@
 //! exist, so `wsgiref.validate` accepts the environ even from a minimal client.
 //!
 //! Building the environ was most of the server's own work per request, so objects are
-//! reused across requests (see [`Cache`]): each param name becomes an interned str once
+//! reused across requests (see `Cache`): each param name becomes an interned str once
 //! (which also makes the app's `environ['PATH_INFO']` a pointer comparison); each name
 //! remembers its last short value, reused while the value stays the same (most CGI
 //! variables and request headers repeat from one request to the next); and the environ
 //! itself starts as a copy of a template dict when the request has the same keys as an
-//! earlier one, so only the values that changed are set (see [`Template`]). Strs are
+//! earlier one, so only the values that changed are set (see `Template`). Strs are
 //! immutable and each request gets its own dict, so none of this is visible to apps.
 
 use crate::http;
