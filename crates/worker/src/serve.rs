@@ -29,7 +29,7 @@
 
 use crate::conn::{Capacity, Conn, ConnError, Shared, Socket, fill, lock, share};
 use crate::log::{Level, log};
-use crate::parking::Parking;
+use crate::parking::{Parking, readable_now};
 use crate::watcher::{ReadyQueue, Watcher};
 use crate::wsgi::{self, Outcome};
 use fastcgi::{Role, ServerConfig};
@@ -630,7 +630,7 @@ fn wait_for_request(
                         source: Arc::new(e),
                     })?;
                     conn = lock(shared);
-                } else if !finish_pending || !readable_now(fd) {
+                } else if !finish_pending || !readable_now(&[fd])[0] {
                     return Ok(park_or_stop);
                 }
                 let (guard, filled) = fill(shared, conn, true);
@@ -675,11 +675,6 @@ fn wait_for_request(
             return Ok(Wait::Closed);
         }
     }
-}
-
-/// Whether `fd` has data (or end of file) to read right now.
-fn readable_now(fd: RawFd) -> bool {
-    crate::parking::readable_now(&[fd])[0]
 }
 
 /// Block until `fd` has data (or end of file) to read.
