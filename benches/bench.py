@@ -71,8 +71,9 @@ def log(msg):
 # /proc readings
 
 
-def proc_tree(root):
-    """`root` and all its descendants that are alive now."""
+def proc_tree(root, leaves=False):
+    """`root` and all its descendants that are alive now; with `leaves`, only those of
+    them that have no children (the serving workers, whatever sits above them)."""
     children = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -84,11 +85,14 @@ def proc_tree(root):
             continue
         # The command name may contain spaces and parentheses: fields start after ")".
         fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] in ("Z", "X"):
+            continue
         children.setdefault(int(fields[1]), []).append(int(name))
     out, todo = [], [root]
     while todo:
         pid = todo.pop()
-        out.append(pid)
+        if not leaves or pid not in children:
+            out.append(pid)
         todo.extend(children.get(pid, []))
     return out
 
@@ -109,26 +113,35 @@ def cpu_ticks(root):
     return total
 
 
+def rss_pss(pid):
+    """(RSS KiB, PSS KiB) of one process, from smaps_rollup; None when it is gone."""
+    try:
+        with open("/proc/%d/smaps_rollup" % pid) as f:
+            text = f.read()
+    except OSError:
+        return None
+    r = p = 0
+    for line in text.splitlines():
+        if line.startswith("Rss:"):
+            r = int(line.split()[1])
+        elif line.startswith("Pss:"):
+            p = int(line.split()[1])
+    return r, p
+
+
 def memory(root):
-    """(total RSS KiB, total PSS KiB, [RSS KiB of each process, root first])."""
-    rss = pss = 0
-    per = []
+    """(total RSS KiB, total PSS KiB, process count, [RSS KiB of each worker]): totals
+    over the whole tree; workers are the processes without children (a master, manager,
+    arbiter or preload zygote above them is counted in the totals only)."""
+    rss = pss = count = 0
     for pid in proc_tree(root):
-        try:
-            with open("/proc/%d/smaps_rollup" % pid) as f:
-                text = f.read()
-        except OSError:
-            continue
-        r = p = 0
-        for line in text.splitlines():
-            if line.startswith("Rss:"):
-                r = int(line.split()[1])
-            elif line.startswith("Pss:"):
-                p = int(line.split()[1])
-        rss += r
-        pss += p
-        per.append(r)
-    return rss, pss, per
+        got = rss_pss(pid)
+        if got:
+            rss += got[0]
+            pss += got[1]
+            count += 1
+    workers = [got[0] for got in map(rss_pss, proc_tree(root, leaves=True)) if got]
+    return rss, pss, count, workers
 
 
 # ---------------------------------------------------------------------------------------
@@ -272,6 +285,7 @@ class Pyfpm(Scenario):
                 "  listen: %s\n"
                 "  pm: static\n"
                 "  pm.max_children: 2\n"
+                "  preload: true\n"
                 "  app: app:application\n"
                 "  virtualenv: %s\n"
                 "  python_path: %s\n"
@@ -616,8 +630,8 @@ def measure(ctx, s, app, conns, seconds):
         reqs == 0 or (expected_ms and r["mean_ms"] < STALL_RATIO * expected_ms)
     )
     if s.proc:
-        rss, pss, per = memory(s.proc.pid)
-        r.update(rss_kib=rss, pss_kib=pss, per_process_rss_kib=per)
+        rss, pss, count, workers = memory(s.proc.pid)
+        r.update(rss_kib=rss, pss_kib=pss, processes=count, worker_rss_kib=workers)
     return r
 
 
@@ -642,10 +656,10 @@ def aggregate(runs):
     a["requests"] = sum(r["requests"] for r in runs)
     a["stalled_rounds"] = sum(1 for r in runs if r["stall"])
     a["rounds"] = len(runs)
-    procs = [len(r.get("per_process_rss_kib", [])) for r in runs]
+    procs = [r.get("processes") or 0 for r in runs]
     a["processes"] = max(procs) if any(procs) else None
-    # Workers only: every process but the first (the master/manager/arbiter).
-    per = [r["per_process_rss_kib"][1:] for r in runs if r.get("per_process_rss_kib")]
+    # Workers only: the processes without children.
+    per = [r["worker_rss_kib"] for r in runs if r.get("worker_rss_kib")]
     worker_rss = [statistics.mean(p) for p in per if p]
     a["worker_rss_kib"] = statistics.median(worker_rss) if worker_rss else None
     return a

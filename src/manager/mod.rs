@@ -18,6 +18,8 @@
 //! - [`output`]: worker stdout/stderr to log lines.
 //! - [`supervisor`]: the main loop (signals, events, escalation) and graceful reload.
 //! - [`daemon`]: fork to the background with a start-up handshake; the pid file.
+//! - [`zygote`]: a `preload` pool's zygote: starting it, asking it for workers, the
+//!   exits it reports.
 
 pub mod daemon;
 pub mod listeners;
@@ -31,6 +33,7 @@ pub mod supervisor;
 pub mod systemd;
 #[cfg(test)]
 mod test_support;
+pub mod zygote;
 
 use crate::cli::Cli;
 use crate::exit_code;

@@ -348,6 +348,9 @@ pub enum Exit {
         /// Whether a core file was written.
         core_dumped: bool,
     },
+    /// Gone, status unknown: a `preload` worker whose zygote (its parent, the only
+    /// process that could collect the status) died before it.
+    Unknown,
 }
 
 impl Exit {
@@ -362,6 +365,22 @@ impl Exit {
             },
             // Stopped/continued statuses are never reported by wait() without WUNTRACED.
             (None, None) => Exit::Code(-1),
+        }
+    }
+}
+
+impl From<pyfpm_ipc::zygote::ExitStatus> for Exit {
+    /// A status a zygote reported for one of its workers.
+    fn from(status: pyfpm_ipc::zygote::ExitStatus) -> Exit {
+        match status {
+            pyfpm_ipc::zygote::ExitStatus::Code(code) => Exit::Code(code),
+            pyfpm_ipc::zygote::ExitStatus::Signal {
+                signal,
+                core_dumped,
+            } => Exit::Signal {
+                signal,
+                core_dumped,
+            },
         }
     }
 }
@@ -385,6 +404,10 @@ pub fn describe_exit(exit: Exit, lifetime: Duration, killed_by_us: bool) -> Stri
             pyfpm_ipc::exit::REQUEST_TIMEOUT_KILLED
         ),
         Exit::Code(code) => format!("exited with code {code} {after}"),
+        Exit::Unknown => format!(
+            "exited {after}; its status is unknown (the zygote that forked it, which \
+             alone could collect it, is gone)"
+        ),
         Exit::Signal {
             signal,
             core_dumped,
@@ -436,6 +459,9 @@ pub fn judge(exit: Exit, was_ready: bool, stopping: bool) -> Verdict {
             "it was killed by signal {signal} ({}) before it was ready",
             signal_name(signal)
         )),
+        Exit::Unknown => {
+            Verdict::StartFailure("it exited before it was ready (status unknown)".to_string())
+        }
     }
 }
 

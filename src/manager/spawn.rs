@@ -11,6 +11,7 @@
 //! when the *thread* that forked exits.
 
 use super::listeners::Listener;
+use super::pool::Exit;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::unistd::{Gid, Uid, User};
 use pyfpm_config::PoolConfig;
@@ -138,13 +139,46 @@ pub fn cloexec_inherited_fds() {
     }
 }
 
-/// A started worker: the process and the manager's end of its control socket.
-#[derive(Debug)]
+/// A started worker (or zygote): how to learn of its exit, its output and the
+/// manager's end of its control socket.
 pub struct Spawned {
-    /// The child (stdout and stderr piped).
-    pub child: tokio::process::Child,
+    /// Its pid.
+    pub pid: i32,
+    /// Where its exit status comes from.
+    pub exit: ExitSource,
+    /// Its stdout, to log.
+    pub stdout: Option<Output>,
+    /// Its stderr, to log.
+    pub stderr: Option<Output>,
     /// The manager's end of the control socketpair.
     pub control: tokio::net::UnixStream,
+}
+
+/// A started process's stdout or stderr.
+pub type Output = std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>;
+
+/// How a started process's end is learnt.
+#[derive(Debug)]
+pub enum ExitSource {
+    /// The manager's own child: `wait` for it.
+    Child(tokio::process::Child),
+    /// A worker forked by its pool's zygote (see [`super::zygote`]).
+    Forked(super::zygote::ForkedExit),
+}
+
+impl ExitSource {
+    /// Wait for the process to end.
+    pub async fn wait(self) -> Exit {
+        match self {
+            ExitSource::Child(mut child) => match child.wait().await {
+                Ok(status) => Exit::from_status(status),
+                // wait() fails only if the child was already reaped: report it as
+                // vanished.
+                Err(_) => Exit::Code(-1),
+            },
+            ExitSource::Forked(forked) => forked.wait().await,
+        }
+    }
 }
 
 /// What a pool's workers need that does not change between spawns.
@@ -215,6 +249,7 @@ impl PoolSpawner<'_> {
             roles: pool.limits.roles.numbers(),
             request_body_max: pool.limits.request_body_max,
             request_read_timeout_ms: millis(pool.limits.request_read_timeout),
+            zygote_fd: -1,
         }
     }
 
@@ -251,6 +286,17 @@ impl PoolSpawner<'_> {
 
     /// Start a worker in `slot`. Must be called on the main thread.
     pub fn spawn(&self, slot: u32) -> io::Result<Spawned> {
+        self.start(slot, None)
+    }
+
+    /// Start the pool's zygote (`preload`), whose end of the fork channel is
+    /// `zygote_fd`. Must be called on the main thread.
+    pub fn spawn_zygote(&self, zygote_fd: RawFd) -> io::Result<Spawned> {
+        self.start(0, Some(zygote_fd))
+    }
+
+    /// Start the pool's interpreter: a worker in `slot`, or with `zygote_fd` the zygote.
+    fn start(&self, slot: u32, zygote_fd: Option<RawFd>) -> io::Result<Spawned> {
         let pool = self.pool;
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
@@ -260,7 +306,8 @@ impl PoolSpawner<'_> {
         )
         .map_err(io::Error::from)?;
         let control_fd = theirs.as_raw_fd();
-        let spec = self.spec(slot, control_fd);
+        let mut spec = self.spec(slot, control_fd);
+        spec.zygote_fd = zygote_fd.unwrap_or(-1);
 
         let mut cmd = tokio::process::Command::new(&pool.python);
         cmd.arg("-c").arg(pyfpm_ipc::BOOTSTRAP).arg(self.module);
@@ -281,6 +328,7 @@ impl PoolSpawner<'_> {
 
         let mut inherit: Vec<RawFd> = self.listeners.iter().map(|l| l.raw_fd()).collect();
         inherit.push(control_fd);
+        inherit.extend(zygote_fd);
         inherit.extend(self.scoreboard_fd);
         inherit.extend(
             self.parking
@@ -318,7 +366,7 @@ impl PoolSpawner<'_> {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| {
+        let mut child = cmd.spawn().map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("cannot run {}: {e}", pool.python.display()),
@@ -330,7 +378,13 @@ impl PoolSpawner<'_> {
         let std_stream = std::os::unix::net::UnixStream::from(ours);
         std_stream.set_nonblocking(true)?;
         let control = tokio::net::UnixStream::from_std(std_stream)?;
-        Ok(Spawned { child, control })
+        Ok(Spawned {
+            pid: child.id().map_or(-1, |p| p as i32),
+            stdout: child.stdout.take().map(|o| Box::pin(o) as Output),
+            stderr: child.stderr.take().map(|o| Box::pin(o) as Output),
+            exit: ExitSource::Child(child),
+            control,
+        })
     }
 }
 
@@ -438,6 +492,7 @@ sys.exit(7)
             max_children: 3,
             threads: 1,
             app: "app:application".into(),
+            preload: false,
             python: interpreter.clone(),
             virtualenv: Some(venv.clone()),
             python_path: vec![],
@@ -485,7 +540,6 @@ sys.exit(7)
             let mut spawned = spawner.spawn(2).unwrap();
             let mut out = String::new();
             spawned
-                .child
                 .stdout
                 .take()
                 .unwrap()
@@ -493,13 +547,12 @@ sys.exit(7)
                 .await
                 .unwrap();
             let mut err = String::new();
-            let mut stderr = spawned.child.stderr.take().unwrap();
+            let mut stderr = spawned.stderr.take().unwrap();
             stderr.read_to_string(&mut err).await.unwrap();
             assert_eq!(err, "", "the fake worker complained");
             let mut control = tokio::io::BufReader::new(spawned.control).lines();
             assert_eq!(control.next_line().await.unwrap().as_deref(), Some("ready"));
-            let status = spawned.child.wait().await.unwrap();
-            assert_eq!(status.code(), Some(7));
+            assert_eq!(spawned.exit.wait().await, Exit::Code(7));
             let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
             let listeners: Vec<i64> = all[0].iter().map(|l| l.raw_fd() as i64).collect();
             assert_eq!(report["listeners"], serde_json::json!(listeners));

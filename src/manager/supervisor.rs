@@ -28,6 +28,7 @@ use super::parking::Parking;
 use super::planner::{self, Action, RetireWhy, Trigger, Waiting};
 use super::pool::{Exit, PoolState, Retire, Verdict, Worker, WorkerState, describe_exit, judge};
 use super::spawn::{Identity, PoolSpawner, jittered_max_requests};
+use super::zygote::{Reports, Zygote};
 use crate::exit_code;
 use crate::logging::LogSink;
 use nix::sys::signal::{Signal, kill};
@@ -89,6 +90,10 @@ enum Event {
         pid: i32,
         exit: Exit,
     },
+    /// A `preload` pool's zygote has imported the app and forks on request.
+    ZygoteReady { pool: usize, pid: i32 },
+    /// A zygote exited.
+    ZygoteExited { pool: usize, pid: i32, exit: Exit },
 }
 
 /// How the manager is stopping.
@@ -147,6 +152,11 @@ struct PoolRuntime {
     parking: Option<Parking>,
     /// Creating `parking` failed (logged once): workers run without it.
     parking_failed: bool,
+    /// `preload`: the zygote of the current generation, once started.
+    zygote: Option<Zygote>,
+    /// Zygotes of earlier generations, kept while workers they forked run (only the
+    /// zygote can collect their exit statuses); dropping one tells it to exit.
+    old_zygotes: Vec<Zygote>,
 }
 
 impl PoolRuntime {
@@ -169,6 +179,20 @@ impl PoolRuntime {
             handover: None,
             parking: None,
             parking_failed: false,
+            zygote: None,
+            old_zygotes: Vec::new(),
+        }
+    }
+
+    /// Let go of the zygotes no running worker came from (they exit at end of file on
+    /// their fork channel); a removed pool's current one too, once its workers are
+    /// gone.
+    fn drop_unused_zygotes(&mut self) {
+        let slots = &self.state.slots;
+        self.old_zygotes
+            .retain(|z| slots.iter().flatten().any(|w| w.generation == z.generation));
+        if self.removed && self.state.live() == 0 {
+            self.zygote = None;
         }
     }
 
@@ -280,6 +304,9 @@ enum Spawn {
     AtCap,
     /// The process could not be started (logged; the pool backs off).
     Failed,
+    /// The pool's zygote is still importing the app (`preload`); its "ready" triggers
+    /// the next attempt.
+    Waiting,
 }
 
 /// Everything the supervisor needs to run.
@@ -466,9 +493,12 @@ impl Supervisor {
                 }
             }
         }
-        // The workers are gone: parked connections have nobody left to serve them.
+        // The workers are gone: parked connections have nobody left to serve them,
+        // and the zygotes (told by end of file on their fork channels) nothing to fork.
         for pool in &mut self.pools {
             pool.parking = None;
+            pool.zygote = None;
+            pool.old_zygotes.clear();
         }
         self.clean_up();
         Ok(self.exit_status)
@@ -619,7 +649,7 @@ impl Supervisor {
                     );
                     self.stop_worker(index, old, Signal::SIGQUIT);
                 }
-                Spawn::Failed => return,
+                Spawn::Failed | Spawn::Waiting => return,
             }
         }
     }
@@ -717,7 +747,7 @@ impl Supervisor {
                     }
                     match self.spawn_one(index) {
                         Spawn::Started(..) => started += 1,
-                        Spawn::AtCap | Spawn::Failed => break,
+                        Spawn::AtCap | Spawn::Failed | Spawn::Waiting => break,
                     }
                 }
                 if started > 0 && !matches!(self.pools[index].config.pm, PmMode::Static) {
@@ -845,9 +875,54 @@ impl Supervisor {
             parking: pool.parking.as_ref().map(Parking::worker_fds),
         };
         let started = std::time::Instant::now();
-        match spawner.spawn(slot as u32) {
+        let spawned = if pool.config.preload {
+            let generation = pool.state.generation;
+            if pool
+                .zygote
+                .as_ref()
+                .is_some_and(|z| z.generation != generation)
+            {
+                // A reload or an emergency restart: the new generation imports anew.
+                pool.old_zygotes.extend(pool.zygote.take());
+            }
+            match &pool.zygote {
+                Some(z) if z.ready => {
+                    let forked = z.fork(slot as u32, max_requests);
+                    if forked.is_err() {
+                        // It may be stuck or half-broken: a new one starts after the
+                        // back-off; its own exit is reported as usual.
+                        let _ = kill(Pid::from_raw(z.pid), Signal::SIGKILL);
+                        pool.old_zygotes.extend(pool.zygote.take());
+                    }
+                    forked
+                }
+                Some(_) => return Spawn::Waiting,
+                None => match Zygote::start(&spawner, generation) {
+                    Ok((z, spawned)) => {
+                        tracing::info!(
+                            "[pool {}] zygote {} started: importing the app (preload)",
+                            pool.config.name,
+                            z.pid
+                        );
+                        tokio::spawn(monitor(
+                            spawned,
+                            pool.config.name.clone(),
+                            index,
+                            Role::Zygote(z.reports()),
+                            self.events_tx.clone(),
+                        ));
+                        pool.zygote = Some(z);
+                        return Spawn::Waiting;
+                    }
+                    Err(e) => Err(e),
+                },
+            }
+        } else {
+            spawner.spawn(slot as u32)
+        };
+        match spawned {
             Ok(spawned) => {
-                let pid = spawned.child.id().map(|p| p as i32).unwrap_or(-1);
+                let pid = spawned.pid;
                 if let Some(s) = pool.scoreboard.as_ref().and_then(|sb| sb.try_slot(slot)) {
                     s.assign(pid.max(0) as u32, unix_ms());
                 }
@@ -864,8 +939,7 @@ impl Supervisor {
                     spawned,
                     pool.config.name.clone(),
                     index,
-                    slot,
-                    pid,
+                    Role::Worker { slot },
                     self.events_tx.clone(),
                 ));
                 Spawn::Started(slot, pid)
@@ -1204,6 +1278,55 @@ impl Supervisor {
                 pid,
                 exit,
             } => self.on_exit(pool, slot, pid, exit),
+            Event::ZygoteReady { pool, pid } => {
+                let p = &mut self.pools[pool];
+                if let Some(z) = p.zygote.as_mut().filter(|z| z.pid == pid) {
+                    z.ready = true;
+                    tracing::info!(
+                        "[pool {}] zygote {pid} is ready: the app is imported, workers are \
+                         forked from it",
+                        p.config.name
+                    );
+                }
+            }
+            Event::ZygoteExited { pool, pid, exit } => self.on_zygote_exit(pool, pid, exit),
+        }
+    }
+
+    /// A zygote ended. The current one ending before "ready" is a start failure (the
+    /// app did not import: the pool backs off); after, the next worker needs a new one.
+    /// Its workers keep serving either way.
+    fn on_zygote_exit(&mut self, index: usize, pid: i32, exit: Exit) {
+        let stopping = matches!(self.phase, Phase::Stopping { .. });
+        let pool = &mut self.pools[index];
+        let name = pool.config.name.clone();
+        let Some(z) = pool.zygote.take_if(|z| z.pid == pid) else {
+            // An older generation's, told to exit (or killed after a failed fork).
+            if let Some(i) = pool.old_zygotes.iter().position(|z| z.pid == pid) {
+                let z = pool.old_zygotes.remove(i);
+                let text = describe_exit(exit, z.started.elapsed(), true);
+                tracing::debug!("[pool {name}] zygote {pid} {text}");
+            }
+            return;
+        };
+        let text = describe_exit(exit, z.started.elapsed(), false);
+        match judge(exit, z.ready, stopping) {
+            Verdict::Normal if stopping => tracing::info!("[pool {name}] zygote {pid} {text}"),
+            Verdict::Normal => tracing::warn!(
+                "[pool {name}] zygote {pid} {text}; its workers keep serving, and a new \
+                 zygote starts for the next worker"
+            ),
+            Verdict::StartFailure(why) if stopping => {
+                tracing::error!("[pool {name}] zygote {pid} failed to start: {why}")
+            }
+            Verdict::StartFailure(why) => {
+                let wait = pool.state.record_start_failure(std::time::Instant::now());
+                tracing::error!(
+                    "[pool {name}] zygote {pid} failed to start: {why}; next attempt in {}",
+                    human(wait)
+                );
+            }
+            Verdict::VersionMismatch => self.version_mismatch(name, pid),
         }
     }
 
@@ -1228,6 +1351,7 @@ impl Supervisor {
             s.release();
         }
         pool.drop_unused_boards();
+        pool.drop_unused_zygotes();
         if !worker.was_ready() {
             // A replacement that never became ready: its predecessor needs another.
             pool.state.unlink_replacement(pid);
@@ -1242,6 +1366,7 @@ impl Supervisor {
                 requested && [libc::SIGQUIT, libc::SIGTERM, libc::SIGKILL].contains(&signal)
             }
             Exit::Code(_) => false,
+            Exit::Unknown => requested,
         };
         if routine {
             tracing::info!("[pool {name}] child {pid} {text}");
@@ -1404,9 +1529,25 @@ async fn read_control(
     control: tokio::net::UnixStream,
     name: String,
     pool: usize,
-    slot: usize,
+    role: Role,
     pid: i32,
     events: mpsc::UnboundedSender<Event>,
+) {
+    read_control_lines(control, &name, pool, &role, pid, &events).await;
+    if let Role::Zygote(reports) = &role {
+        // No more exit reports: its workers' monitors fall back on their pidfds.
+        reports.close();
+    }
+}
+
+/// [`read_control`]'s loop, until end of file or a broken message.
+async fn read_control_lines(
+    control: tokio::net::UnixStream,
+    name: &str,
+    pool: usize,
+    role: &Role,
+    pid: i32,
+    events: &mpsc::UnboundedSender<Event>,
 ) {
     let mut reader = tokio::io::BufReader::new(control);
     let mut line = Vec::new();
@@ -1430,15 +1571,29 @@ async fn read_control(
         let text = String::from_utf8_lossy(&line);
         let text = text.trim();
         let (word, arg) = text.split_once(' ').unwrap_or((text, ""));
-        let event = match word {
-            pyfpm_ipc::control::READY => Event::Ready { pool, slot, pid },
-            pyfpm_ipc::control::RETIRE => Event::Retire {
+        let event = match (word, role) {
+            (pyfpm_ipc::control::READY, Role::Worker { slot }) => Event::Ready {
+                pool,
+                slot: *slot,
+                pid,
+            },
+            (pyfpm_ipc::control::READY, Role::Zygote(_)) => Event::ZygoteReady { pool, pid },
+            (pyfpm_ipc::control::EXITED, Role::Zygote(reports)) => {
+                match pyfpm_ipc::zygote::parse_exit(arg) {
+                    Some((child, status)) => reports.deliver(child, status.into()),
+                    None => {
+                        tracing::warn!("[pool {name}] zygote {pid}: malformed exit report {text:?}")
+                    }
+                }
+                continue;
+            }
+            (pyfpm_ipc::control::RETIRE, &Role::Worker { slot }) => Event::Retire {
                 pool,
                 slot,
                 pid,
                 reason: arg.to_string(),
             },
-            pyfpm_ipc::control::SLOWLOG => {
+            (pyfpm_ipc::control::SLOWLOG, Role::Worker { .. }) => {
                 let len = match arg.parse::<usize>() {
                     Ok(n) if n <= MAX_SLOWLOG_ENTRY => n,
                     _ => {
@@ -1525,32 +1680,37 @@ fn human(d: Duration) -> String {
     format!("{}s", secs.max(1))
 }
 
-/// Watch one worker until it exits: log its output, report "ready", then its exit.
+/// What a monitored process is to its pool.
+#[derive(Clone, Debug)]
+enum Role {
+    /// A worker in this slot.
+    Worker { slot: usize },
+    /// The pool's zygote, whose exit reports go here.
+    Zygote(Reports),
+}
+
+/// Watch one worker (or zygote) until it exits: log its output, report "ready", then
+/// its exit.
 async fn monitor(
     mut spawned: super::spawn::Spawned,
     pool_name: String,
     pool: usize,
-    slot: usize,
-    pid: i32,
+    role: Role,
     events: mpsc::UnboundedSender<Event>,
 ) {
-    let stdout = spawned.child.stdout.take();
-    let stderr = spawned.child.stderr.take();
-    let out = stdout.map(|s| tokio::spawn(output::pump(s, pool_name.clone(), pid, "stdout")));
-    let err = stderr.map(|s| tokio::spawn(output::pump(s, pool_name.clone(), pid, "stderr")));
+    let pid = spawned.pid;
+    let pump = |s, stream| tokio::spawn(output::pump(s, pool_name.clone(), pid, stream));
+    let out = spawned.stdout.take().map(|s| pump(s, "stdout"));
+    let err = spawned.stderr.take().map(|s| pump(s, "stderr"));
     let control = tokio::spawn(read_control(
         spawned.control,
         pool_name.clone(),
         pool,
-        slot,
+        role.clone(),
         pid,
         events.clone(),
     ));
-    let exit = match spawned.child.wait().await {
-        Ok(status) => Exit::from_status(status),
-        // wait() fails only if the child was already reaped: report it as vanished.
-        Err(_) => Exit::Code(-1),
-    };
+    let exit = spawned.exit.wait().await;
     let drain = async {
         for task in [out, err].into_iter().flatten() {
             let _ = task.await;
@@ -1560,11 +1720,14 @@ async fn monitor(
     // The control task ends at EOF (the worker's end closed with it); a "ready" it read
     // must reach the loop before the exit does.
     let _ = tokio::time::timeout(DRAIN_GRACE, control).await;
-    let _ = events.send(Event::Exited {
-        pool,
-        slot,
-        pid,
-        exit,
+    let _ = events.send(match role {
+        Role::Worker { slot } => Event::Exited {
+            pool,
+            slot,
+            pid,
+            exit,
+        },
+        Role::Zygote(_) => Event::ZygoteExited { pool, pid, exit },
     });
 }
 

@@ -24,6 +24,7 @@ pub(crate) fn pool_config(name: &str, listen: Vec<ListenAddr>) -> PoolConfig {
         max_children: 1,
         threads: 1,
         app: "app:application".into(),
+        preload: false,
         python: "python3".into(),
         virtualenv: None,
         python_path: vec![],

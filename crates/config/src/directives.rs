@@ -469,6 +469,20 @@ pub const DIRECTIVES: &[Directive] = &[
               pyfpm -tt imports it to check.",
     },
     Directive {
+        name: "preload",
+        scope: Scope::Pool,
+        kind: Kind::Bool,
+        default: DefaultValue::Value("false"),
+        doc: "Import the app once, in a per-pool zygote process, and fork every worker \
+              from it, as gunicorn --preload and uWSGI (without lazy-apps) do. Workers \
+              then start in milliseconds and share the app's code and data pages \
+              copy-on-write (gc.freeze() runs before the first fork), so each costs \
+              less memory; Python's fork hooks run in every worker (random is reseeded). \
+              A reload starts a new zygote, so changed code is picked up. The app must \
+              not start threads or open connections at import time: open them lazily, \
+              in the worker. The zygote is not counted in pm.max_children.",
+    },
+    Directive {
         name: "python",
         scope: Scope::Pool,
         kind: Kind::Interpreter,

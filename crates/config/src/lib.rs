@@ -299,6 +299,8 @@ pub struct PoolConfig {
     pub threads: u32,
     /// WSGI app, `module:callable`.
     pub app: String,
+    /// `preload`: import the app once in a zygote and fork workers from it.
+    pub preload: bool,
     /// The interpreter to run: resolved from `python`, `virtualenv` or `python3` on PATH.
     pub python: PathBuf,
     /// The virtualenv, when one was given (its `bin/` is put first on PATH and

@@ -693,6 +693,7 @@ impl Loader<'_> {
             }
         });
         let clear_env = self.or_default(src, &map, "clear_env", values::parse_bool);
+        let preload = self.or_default(src, &map, "preload", values::parse_bool);
         let env = match map.get("env").filter(|(_, v)| !v.is_null()) {
             Some((_, node)) => self.env_map(src, node),
             None => BTreeMap::new(),
@@ -719,6 +720,7 @@ impl Loader<'_> {
             max_children,
             threads,
             app,
+            preload,
             python,
             virtualenv,
             python_path,

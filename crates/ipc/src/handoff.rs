@@ -4,9 +4,7 @@
 //! it but not yet decoded. A marker byte leads the payload so that an empty message can
 //! never be mistaken for end of file.
 
-use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 
 /// Most bytes a message carries besides its fd.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
@@ -29,67 +27,29 @@ pub enum Received {
 /// Send `conn` and `bytes` on `sock`. With `nonblocking`, a full socket is
 /// `Err(EAGAIN)`; otherwise the call waits for room. Interrupted calls are retried.
 pub fn send(sock: RawFd, conn: RawFd, bytes: &[u8], nonblocking: bool) -> nix::Result<()> {
-    let marker = [MARKER];
-    let iov = [IoSlice::new(&marker), IoSlice::new(bytes)];
-    let fds = [conn];
-    let cmsg = [ControlMessage::ScmRights(&fds)];
-    let mut flags = MsgFlags::MSG_NOSIGNAL;
-    if nonblocking {
-        flags |= MsgFlags::MSG_DONTWAIT;
-    }
-    loop {
-        match sendmsg::<()>(sock, &iov, &cmsg, flags, None) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            other => return other.map(|_| ()),
-        }
-    }
+    crate::fdpass::send(sock, &[&[MARKER], bytes], &[conn], nonblocking)
 }
 
 /// Receive one message from `sock` without waiting; received fds are close-on-exec.
 pub fn receive(sock: RawFd) -> nix::Result<Received> {
     let mut buf = vec![0u8; MAX_PAYLOAD + 1];
-    let mut space = nix::cmsg_space!([RawFd; 4]);
-    loop {
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = match recvmsg::<()>(
-            sock,
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(msg) => msg,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(nix::errno::Errno::EAGAIN) => return Ok(Received::WouldBlock),
-            Err(e) => return Err(e),
-        };
-        let len = msg.bytes;
-        let mut fds: Vec<OwnedFd> = Vec::new();
-        if let Ok(cmsgs) = msg.cmsgs() {
-            for c in cmsgs {
-                if let ControlMessageOwned::ScmRights(received) = c {
-                    // SAFETY: SCM_RIGHTS installed these fds in this process just now;
-                    // nothing else owns them.
-                    fds.extend(
-                        received
-                            .into_iter()
-                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                    );
-                }
-            }
-        }
-        if len == 0 && fds.is_empty() {
-            return Ok(Received::Closed);
-        }
-        let mut fds = fds.into_iter();
-        return Ok(match (fds.next(), len > 0 && buf[0] == MARKER) {
-            (Some(conn), true) => {
-                buf.truncate(len);
-                buf.remove(0);
-                Received::Conn(conn, buf)
-            }
-            _ => Received::Malformed,
-        });
+    let (len, fds) = match crate::fdpass::receive(sock, &mut buf, true) {
+        Ok(got) => got,
+        Err(nix::errno::Errno::EAGAIN) => return Ok(Received::WouldBlock),
+        Err(e) => return Err(e),
+    };
+    if len == 0 && fds.is_empty() {
+        return Ok(Received::Closed);
     }
+    let mut fds = fds.into_iter();
+    Ok(match (fds.next(), len > 0 && buf[0] == MARKER) {
+        (Some(conn), true) => {
+            buf.truncate(len);
+            buf.remove(0);
+            Received::Conn(conn, buf)
+        }
+        _ => Received::Malformed,
+    })
 }
 
 #[cfg(test)]

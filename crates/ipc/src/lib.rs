@@ -11,13 +11,15 @@
 //! that a manager and a worker module from different builds can detect the mismatch
 //! ([`PROTOCOL_VERSION`], [`BUILD_ID`]) instead of misbehaving.
 
+mod fdpass;
 pub mod handoff;
+pub mod zygote;
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Bumped whenever [`WorkerSpec`] or the control messages change shape.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The version of the pyfpm build. Manager and worker module must carry the same one.
 pub const BUILD_ID: &str = env!("CARGO_PKG_VERSION");
@@ -31,7 +33,7 @@ pub const BUILD_MARKER_PREFIX: &str = "pyfpm-worker-build=";
 pub const BUILD_MARKER: &str = concat!(
     "pyfpm-worker-build=",
     env!("CARGO_PKG_VERSION"),
-    "/protocol=5"
+    "/protocol=6"
 );
 
 /// Environment variable holding the JSON-encoded [`WorkerSpec`].
@@ -87,6 +89,9 @@ pub mod control {
     /// pool, pid, method and URI, then the Python stack), for the manager to append to
     /// the pool's `slowlog` file (the manager owns every log file, so USR1 reopens them).
     pub const SLOWLOG: &str = "slowlog";
+    /// `exited PID code N` / `exited PID signal N [core]`: written by a pool's zygote
+    /// only, when one of the workers it forked has ended (see [`crate::zygote`]).
+    pub const EXITED: &str = "exited";
 }
 
 /// One inherited listening socket.
@@ -167,6 +172,11 @@ pub struct WorkerSpec {
     /// `request_read_timeout` in milliseconds (0 = none): a request still arriving that
     /// sends nothing for this long has its connection closed.
     pub request_read_timeout_ms: u64,
+    /// `-1` for a worker. Otherwise this process is the pool's zygote (`preload`): it
+    /// imports the app, then forks a worker for each request on this SOCK_SEQPACKET
+    /// socket (see [`zygote`]); each worker's spec is this one with the request's slot,
+    /// `max_requests` and control fd, and `zygote_fd` -1.
+    pub zygote_fd: i32,
 }
 
 impl WorkerSpec {
@@ -221,6 +231,7 @@ mod tests {
             roles: vec![1, 3],
             request_body_max: 1 << 20,
             request_read_timeout_ms: 30_000,
+            zygote_fd: -1,
         };
         assert_eq!(WorkerSpec::from_json(&spec.to_json()).unwrap(), spec);
     }

@@ -27,7 +27,8 @@ pub struct BootError {
 }
 
 impl BootError {
-    fn log(code: i32, message: impl std::fmt::Display) -> Self {
+    /// Log `message` as an error; the error carries `code`.
+    pub(crate) fn log(code: i32, message: impl std::fmt::Display) -> Self {
         log(Level::Error, message);
         BootError { code }
     }
@@ -236,6 +237,34 @@ fn load_app<'py>(py: Python<'py>, spec: &WorkerSpec) -> PyResult<Bound<'py, PyAn
     Ok(obj)
 }
 
+/// [`load_app`], failing with [`exit::APP_LOAD_ERROR`] and the traceback logged.
+fn import_app<'py>(py: Python<'py>, spec: &WorkerSpec) -> Result<Bound<'py, PyAny>, BootError> {
+    load_app(py, spec).map_err(|err| {
+        BootError::log(
+            exit::APP_LOAD_ERROR,
+            format!(
+                "cannot load the app {:?}:\n{}",
+                spec.app,
+                format_traceback(py, &err)
+            ),
+        )
+    })
+}
+
+/// Every fd the spec names (those that are set).
+fn spec_fds(spec: &WorkerSpec) -> Vec<RawFd> {
+    let mut fds: Vec<RawFd> = spec.listeners.iter().map(|l| l.fd).collect();
+    fds.extend([
+        spec.control_fd,
+        spec.zygote_fd,
+        spec.scoreboard_fd,
+        spec.park_fd,
+        spec.dispatch_fd,
+    ]);
+    fds.retain(|&fd| fd >= 0);
+    fds
+}
+
 /// Everything before serving: spec, fds, app import, READY.
 pub fn boot(py: Python<'_>) -> Result<Worker, BootError> {
     let spec = read_spec()?;
@@ -244,6 +273,20 @@ pub fn boot(py: Python<'_>) -> Result<Worker, BootError> {
         let _ = environ.call_method1("pop", (SPEC_ENV, py.None()));
     }
     let boot_error = |e: String| BootError::log(exit::BOOT_ERROR, format!("worker: {e}"));
+    // A preload pool's zygote imports the app once and returns here only in each worker
+    // it forks, with that worker's spec.
+    let (spec, preloaded) = if spec.zygote_fd >= 0 {
+        for fd in spec_fds(&spec) {
+            // Close-on-exec, so a subprocess the app starts at import inherits none of
+            // the pool's sockets (forked workers keep them: fork ignores the flag).
+            set_fd_flags(fd, false).map_err(|e| boot_error(format!("fd {fd}: {e}")))?;
+        }
+        let app = import_app(py, &spec)?;
+        let (spec, app) = crate::zygote::run(py, spec, app.unbind())?;
+        (spec, Some(app))
+    } else {
+        (spec, None)
+    };
     let Fds {
         listeners,
         control,
@@ -264,16 +307,10 @@ pub fn boot(py: Python<'_>) -> Result<Worker, BootError> {
             ),
         )
     })?;
-    let app = load_app(py, &spec).map_err(|err| {
-        BootError::log(
-            exit::APP_LOAD_ERROR,
-            format!(
-                "cannot load the app {:?}:\n{}",
-                spec.app,
-                format_traceback(py, &err)
-            ),
-        )
-    })?;
+    let app = match preloaded {
+        Some(app) => app.into_bound(py),
+        None => import_app(py, &spec)?,
+    };
     let control = Control::new(stop.control_socket())
         .map(Arc::new)
         .map_err(|e| boot_error(format!("control socket: {e}")))?;

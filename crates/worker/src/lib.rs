@@ -46,6 +46,7 @@
 //! - [`recycle`], [`report`]: pure helpers (RSS, the retire rule; report texts).
 //! - [`http`]: pure helpers (status and header checks, paths, percent-decoding).
 //! - [`log`]: the log line protocol above.
+//! - [`zygote`]: `preload` pools: import the app once, fork the workers from it.
 
 pub mod boot;
 pub mod conn;
@@ -60,6 +61,7 @@ pub mod serve;
 pub mod watchdog;
 pub mod watcher;
 pub mod wsgi;
+pub mod zygote;
 
 use pyo3::prelude::*;
 

@@ -470,7 +470,7 @@ impl Supervisor {
             }
             match self.spawn_one(index) {
                 Spawn::Started(..) => {}
-                Spawn::Failed => return,
+                Spawn::Failed | Spawn::Waiting => return,
                 Spawn::AtCap => {
                     let slots = &self.pools[index].state.slots;
                     let is_old = |w: &&Worker| w.retire.as_ref().is_some_and(|r| r.batch);
