@@ -31,7 +31,7 @@
 //! # Modules
 //!
 //! - [`boot`]: the spec, the inherited fds, importing the app, READY.
-//! - [`serve`]: the poll/accept loop, signals and stopping, one connection's requests.
+//! - [`serve`]: the epoll/accept loop, signals and stopping, one connection's requests.
 //! - [`conn`]: one connection: socket I/O, codec events, response and body state.
 //! - [`wsgi`]: one request through the app: environ, `wsgi.input`, `wsgi.errors`,
 //!   `start_response`/`write`, `wsgi.file_wrapper`, error handling.

@@ -3,11 +3,20 @@
 //!
 //! A web server's cached connection (nginx `keepalive` + `fastcgi_keep_conn on`) is
 //! idle between its requests. A request thread that served one keeps it in its
-//! [`Held`] set and watches it, with the listeners, in the poll(2) of its main loop:
+//! [`Held`] set and watches it, with the listeners, in the epoll set of its main loop:
 //! the connection's next request is served where its previous one was, with no system
-//! call beyond that poll, the read and the write. A thread holds any number of idle
-//! connections (up to [`MAX_HELD`]); none of them pins it, since it waits on all of
-//! them and on new connections at once.
+//! call beyond that wait (shared by whatever it finds ready), re-arming the connection,
+//! the read and the write. A thread holds any number of idle connections (up to
+//! [`MAX_HELD`]); none of them pins it, since it waits on all of them and on new
+//! connections at once.
+//!
+//! A held connection is registered one-shot: its first readiness disarms it, and it is
+//! re-armed (`EPOLL_CTL_MOD`) only when held again. So a registration that outlives its
+//! connection's stay in the set is always disarmed and never fires: one whose
+//! connection another thread now drives, or one whose connection was parked from a
+//! request in progress (SCM_RIGHTS keeps the socket open in the manager, so closing our
+//! fd does not remove it). A connection leaving the set while still armed (parked by
+//! the watcher, beyond [`MAX_HELD`], or at a stop) is deleted from the set first.
 //!
 //! What a held connection could still wait for is its thread, busy with another
 //! request. The connection watcher ([`crate::watcher`]) looks at the held sets every
@@ -22,16 +31,22 @@
 //! The message format (both directions) is [`pyfpm_ipc::handoff`]'s.
 
 use crate::conn::{Shared, lock};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use pyfpm_ipc::handoff::{self, Received};
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Idle connections one request thread holds at most; beyond, the one idle longest is
-/// parked. Each adds about 0.1 µs to every poll(2) of its thread's main loop.
+/// parked.
 pub const MAX_HELD: usize = 64;
+
+/// Marks an epoll event's data as one of the thread's fixed fds (see [`Held::watch`]);
+/// a held connection's data is its fd.
+const FIXED: u64 = 1 << 32;
 
 /// The worker's ends of its pool's PARK and DISPATCH socketpairs.
 #[derive(Debug)]
@@ -161,14 +176,35 @@ impl Parking {
     }
 }
 
-/// One request thread's idle kept-alive connections (see the module documentation).
-/// Only the thread adds to it; the thread takes connections out to serve them, the
-/// watcher to park them. Whoever removes a connection owns it.
-#[derive(Debug, Default)]
+/// One request thread's idle kept-alive connections and the epoll set its main loop
+/// waits on (see the module documentation). Only the thread adds to it; the thread
+/// takes connections out to serve them, the watcher to park them. Whoever removes a
+/// connection owns it.
+#[derive(Debug)]
 pub struct Held {
     conns: Mutex<VecDeque<HeldConn>>,
-    /// The thread is in its main loop's poll, watching these connections.
+    /// The thread is in its main loop's wait, watching these connections.
     polling: AtomicBool,
+    /// The thread's fixed fds (level-triggered) and its held connections (one-shot,
+    /// armed exactly while held).
+    epoll: Epoll,
+}
+
+/// What the thread's wait found: one of its fixed fds (by the tag it was watched
+/// with), or a held connection's fd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// A fixed fd, by tag.
+    Fixed(u32),
+    /// A held connection (take it with [`Held::take`]; the watcher may have first).
+    Conn(RawFd),
+}
+
+/// `fd` as the borrowed fd nix's epoll calls take.
+fn borrow(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: used only for the duration of one epoll_ctl call, on an fd the caller
+    // keeps open for that call.
+    unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
 #[derive(Debug)]
@@ -180,26 +216,88 @@ struct HeldConn {
 }
 
 impl Held {
+    /// An empty set with its epoll instance.
+    pub fn new() -> io::Result<Held> {
+        Ok(Held {
+            conns: Mutex::new(VecDeque::new()),
+            polling: AtomicBool::new(false),
+            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
+        })
+    }
+
     fn list(&self) -> std::sync::MutexGuard<'_, VecDeque<HeldConn>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Hold `conn` (its socket is `fd`). Returns the connection idle longest when
-    /// that makes more than [`MAX_HELD`] (with `bounded`), for the caller to park.
+    /// Wait on `fd` for good (a listener, DISPATCH, the stop pipes), reported as
+    /// [`Ready::Fixed`]`(tag)` while readable.
+    pub fn watch(&self, fd: RawFd, tag: u32) -> io::Result<()> {
+        let event = EpollEvent::new(EpollFlags::EPOLLIN, FIXED | u64::from(tag));
+        Ok(self.epoll.add(borrow(fd), event)?)
+    }
+
+    /// Stop waiting on a fixed fd (one that would stay readable for good: DISPATCH
+    /// once the manager is gone).
+    pub fn unwatch(&self, fd: RawFd) {
+        let _ = self.epoll.delete(borrow(fd));
+    }
+
+    /// Wait until something is ready; fills `events` and returns what, in order.
+    /// `Err(EINTR)` when a signal came.
+    pub fn wait(&self, events: &mut [EpollEvent], out: &mut Vec<Ready>) -> io::Result<()> {
+        let n = self.epoll.wait(events, EpollTimeout::NONE)?;
+        out.clear();
+        out.extend(events[..n].iter().map(|e| {
+            let data = e.data();
+            if data & FIXED != 0 {
+                Ready::Fixed(data as u32)
+            } else {
+                Ready::Conn(data as RawFd)
+            }
+        }));
+        Ok(())
+    }
+
+    /// Register `fd` one-shot, or re-arm its registration (one system call either way
+    /// once registered: this thread's sets keep disarmed registrations).
+    fn arm(&self, fd: RawFd) -> nix::Result<()> {
+        let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT;
+        let mut event = EpollEvent::new(flags, fd as u64);
+        match self.epoll.modify(borrow(fd), &mut event) {
+            Err(nix::errno::Errno::ENOENT) => self.epoll.add(borrow(fd), event),
+            other => other,
+        }
+    }
+
+    /// Remove an armed connection's registration before it leaves the set otherwise
+    /// than by firing (see the module documentation).
+    fn disarm(&self, fd: RawFd) {
+        let _ = self.epoll.delete(borrow(fd));
+    }
+
+    /// Hold `conn` (its socket is `fd`). Returns the connections the caller must park
+    /// instead: the one idle longest when this makes more than [`MAX_HELD`] (with
+    /// `bounded`), or `conn` itself if it cannot be watched.
     pub fn push(&self, conn: Shared, fd: RawFd, bounded: bool) -> Option<Shared> {
         let mut list = self.list();
+        if let Err(e) = self.arm(fd) {
+            crate::log::log(
+                crate::log::Level::Warning,
+                format!("cannot watch an idle kept-alive connection: {e}"),
+            );
+            return Some(conn);
+        }
         list.push_back(HeldConn { conn, fd, seen: 0 });
-        (bounded && list.len() > MAX_HELD)
-            .then(|| list.pop_front().map(|h| h.conn))
-            .flatten()
+        if !bounded || list.len() <= MAX_HELD {
+            return None;
+        }
+        let oldest = list.pop_front()?;
+        self.disarm(oldest.fd);
+        Some(oldest.conn)
     }
 
-    /// Append the held connections' fds to `fds`.
-    pub fn fds_into(&self, fds: &mut Vec<RawFd>) {
-        fds.extend(self.list().iter().map(|h| h.fd));
-    }
-
-    /// Take the connection whose socket is `fd`, unless the watcher parked it since.
+    /// Take the connection whose socket is `fd` (reported ready, so its registration is
+    /// disarmed), unless the watcher parked it since.
     pub fn take(&self, fd: RawFd) -> Option<Shared> {
         let mut list = self.list();
         let i = list.iter().position(|h| h.fd == fd)?;
@@ -208,7 +306,13 @@ impl Held {
 
     /// Take every held connection (the thread is leaving).
     pub fn drain(&self) -> Vec<Shared> {
-        self.list().drain(..).map(|h| h.conn).collect()
+        self.list()
+            .drain(..)
+            .map(|h| {
+                self.disarm(h.fd);
+                h.conn
+            })
+            .collect()
     }
 
     /// Whether nothing is held.
@@ -216,12 +320,12 @@ impl Held {
         self.list().is_empty()
     }
 
-    /// The thread enters (`true`) or leaves its main loop's poll.
+    /// The thread enters (`true`) or leaves its main loop's wait.
     pub fn set_polling(&self, polling: bool) {
         self.polling.store(polling, Ordering::SeqCst);
     }
 
-    /// Whether the thread is in its main loop's poll (idle).
+    /// Whether the thread is in its main loop's wait (idle).
     pub fn is_polling(&self) -> bool {
         self.polling.load(Ordering::SeqCst)
     }
@@ -256,6 +360,7 @@ impl Held {
             }
             h.seen += 1;
             if h.seen >= ticks {
+                self.disarm(h.fd);
                 out.push(std::sync::Arc::clone(&h.conn));
                 return false;
             }

@@ -12,12 +12,15 @@
 //! connections.
 //!
 //! Kept-alive connections: between two requests a connection goes back to the thread's
-//! main loop, which waits on the listeners, the pool's DISPATCH socket, the ready queue
-//! and every idle connection the thread holds ([`crate::parking::Held`]) in one
-//! poll(2), then serves everything found ready, each once (a *sweep*). A connection's
-//! next request is thus served by the thread that served the previous one, with a poll,
-//! a read and a write; the watcher parks one whose request waits for a busy thread, and
-//! a stopping thread parks them all. An idle connection never pins a worker.
+//! main loop, which waits on the listeners, the pool's DISPATCH socket, the ready queue,
+//! the stop sources and every idle connection the thread holds
+//! ([`crate::parking::Held`]) in one epoll set, then serves everything found ready,
+//! each once (a *sweep*). The fixed fds are registered once per thread; a held
+//! connection is re-armed when it is held again. A connection's next request is thus
+//! served by the thread that served the previous one, with a share of one
+//! `epoll_wait`, an `epoll_ctl`, a read and a write; the watcher parks one whose request
+//! waits for a busy thread, and a stopping thread parks them all. An idle connection
+//! never pins a worker.
 //!
 //! Stopping: SIGQUIT (graceful) and end of file on the control socket (the manager is
 //! gone) both mean "finish the request in progress, then exit 0"; a worker that is idle
@@ -29,10 +32,11 @@
 
 use crate::conn::{Capacity, Conn, ConnError, Shared, Socket, fill, lock, share};
 use crate::log::{Level, log};
-use crate::parking::{Parking, readable_now};
+use crate::parking::{Held, Parking, Ready, readable_now};
 use crate::watcher::{ReadyQueue, Watcher};
 use crate::wsgi::{self, Outcome};
 use fastcgi::{Role, ServerConfig};
+use nix::sys::epoll::EpollEvent;
 use pyfpm_ipc::{ListenerFd, WorkerSpec, exit};
 use pyo3::prelude::*;
 use pyo3::types::PyType;
@@ -90,6 +94,18 @@ impl Worker {
 /// Connections accepted from one listener in a row, without polling in between.
 const ACCEPT_BURST: usize = 4;
 
+/// Tags of a thread's fixed fds in its epoll set (see [`Held::watch`]).
+const TAG_STOP: u32 = 0;
+const TAG_SIGNAL: u32 = 1;
+const TAG_CONTROL: u32 = 2;
+const TAG_READY: u32 = 3;
+const TAG_DISPATCH: u32 = 4;
+/// Listener `i` is `TAG_LISTENER + i`.
+const TAG_LISTENER: u32 = 16;
+
+/// Most events taken from a thread's epoll set per wait; more wait for the next.
+const MAX_EVENTS: usize = 64;
+
 /// Result of waiting on some fds plus the stop sources.
 #[derive(Debug)]
 pub struct Polled {
@@ -110,18 +126,18 @@ pub struct Stop {
     quit: Arc<AtomicBool>,
     /// End of file on the control socket: the manager is gone.
     manager_gone: AtomicBool,
-    /// Read end of the SIGQUIT self-pipe (non-blocking); wakes poll(2). Drained by the
+    /// Read end of the SIGQUIT self-pipe (non-blocking); wakes the waits. Drained by the
     /// main thread only, which runs Python's signal handlers.
     sig_pipe: UnixStream,
     /// Read end of the stop broadcast: written on SIGQUIT and whenever a stop is
-    /// requested, never read, so it stays readable and wakes every thread's poll.
+    /// requested, never read, so it stays readable and wakes every thread's wait.
     broadcast: UnixStream,
     /// Its write end.
     broadcast_write: UnixStream,
     /// The worker's end of the control socketpair (non-blocking).
     control: UnixStream,
     /// Write end of the self-pipe handed to Python's `signal.set_wakeup_fd`, so a signal
-    /// with a Python handler (SIGINT) also wakes poll(2); kept open here.
+    /// with a Python handler (SIGINT) also wakes the waits; kept open here.
     _python_wakeup: UnixStream,
 }
 
@@ -175,18 +191,49 @@ impl Stop {
         self.wake_all();
     }
 
-    /// Make every thread's poll return (a stop was requested).
+    /// Make every thread.s wait return (a stop was requested).
     fn wake_all(&self) {
         let _ = (&self.broadcast_write).write(&[1]);
     }
 
-    /// Wait (no timeout) until one of `fds` is readable or a stop is requested.
-    /// `signals`: this is the main thread, which also wakes for Python's signals.
-    pub fn poll(&self, fds: &[RawFd], signals: bool) -> io::Result<Polled> {
-        self.poll_timeout(fds, None, signals)
+    /// Add the stop sources to a thread's epoll set: the broadcast, the control socket
+    /// and (`signals`: the main thread, which runs Python's signal handlers) the signal
+    /// pipe. Their readiness goes to [`Stop::on_ready`].
+    pub fn watch_from(&self, held: &Held, signals: bool) -> io::Result<()> {
+        held.watch(self.broadcast.as_raw_fd(), TAG_STOP)?;
+        held.watch(self.control.as_raw_fd(), TAG_CONTROL)?;
+        if signals {
+            held.watch(self.sig_pipe.as_raw_fd(), TAG_SIGNAL)?;
+        }
+        Ok(())
     }
 
-    /// [`Stop::poll`], giving up after `timeout` (`None` = never).
+    /// One of the sources [`Stop::watch_from`] added is ready. `true` when a signal
+    /// came, for which the caller lets Python run its handlers.
+    pub fn on_ready(&self, tag: u32) -> bool {
+        match tag {
+            TAG_SIGNAL => {
+                self.drain_signal_pipe();
+                true
+            }
+            TAG_CONTROL => {
+                self.read_control();
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Empty the signal self-pipe. The SIGQUIT flag says whether that was the signal;
+    /// for any other the caller lets Python run its handlers.
+    fn drain_signal_pipe(&self) {
+        let mut buf = [0u8; 64];
+        while matches!((&self.sig_pipe).read(&mut buf), Ok(n) if n > 0) {}
+    }
+
+    /// Wait until one of `fds` is readable or a stop is requested, giving up after
+    /// `timeout` (`None` = never). `signals`: this is the main thread, which also wakes
+    /// for Python's signals.
     pub fn poll_timeout(
         &self,
         fds: &[RawFd],
@@ -247,10 +294,7 @@ impl Stop {
             polled.readable[i] = pfd.revents != 0;
         }
         if sig_at.is_some_and(|i| pollfds[i].revents != 0) {
-            // Drain the self-pipe. The SIGQUIT flag says whether that was the signal; for
-            // any other the caller lets Python run its handlers.
-            let mut buf = [0u8; 64];
-            while matches!((&self.sig_pipe).read(&mut buf), Ok(n) if n > 0) {}
+            self.drain_signal_pipe();
             polled.interrupted = true;
         }
         if control_at.is_some_and(|i| pollfds[i].revents != 0) {
@@ -338,79 +382,115 @@ fn serve_loop(py: Python<'_>, worker: &Worker, index: usize) -> i32 {
     let main = index == 0;
     let parking = &*worker.parking;
     let held = worker.watcher.held(index);
-    let listener_fds: Vec<RawFd> = worker
-        .listeners
-        .iter()
-        .map(|(fd, _)| fd.as_raw_fd())
-        .collect();
-    let ready_fd = worker.ready.as_ref().map(|r| r.fd());
+    let n = worker.listeners.len();
+    let mut dispatch = parking.dispatch_fd();
+    let watched = (|| {
+        for (i, (fd, _)) in worker.listeners.iter().enumerate() {
+            held.watch(fd.as_raw_fd(), TAG_LISTENER + i as u32)?;
+        }
+        if let Some(ready) = &worker.ready {
+            held.watch(ready.fd(), TAG_READY)?;
+        }
+        if let Some(fd) = dispatch {
+            held.watch(fd, TAG_DISPATCH)?;
+        }
+        worker.stop.watch_from(held, main)
+    })();
+    if let Err(e) = watched {
+        log(
+            Level::Error,
+            format!("cannot set up the thread's epoll set: {e}; worker exiting"),
+        );
+        worker.stop.request();
+        return 1;
+    }
     // Start the accept attempts at a rotating listener so that one busy listener cannot
     // starve the others.
     let mut first = 0usize;
-    let mut fds: Vec<RawFd> = Vec::new();
+    let mut events = vec![EpollEvent::empty(); MAX_EVENTS];
+    let mut found: Vec<Ready> = Vec::with_capacity(MAX_EVENTS);
+    let mut listener_ready = vec![false; n];
     let mut code = exit::OK;
     loop {
         if worker.stop.requested() {
             break;
         }
-        let dispatch = parking.dispatch_fd();
-        fds.clear();
-        fds.extend(&listener_fds);
-        fds.extend(dispatch);
-        fds.extend(ready_fd);
-        let fixed = fds.len();
-        held.fds_into(&mut fds);
+        if let Some(fd) = dispatch.filter(|_| parking.dispatch_fd().is_none()) {
+            // End of file: it would stay readable for good.
+            held.unwatch(fd);
+            dispatch = None;
+        }
         held.set_polling(true);
-        let polled = py.detach(|| worker.stop.poll(&fds, main));
+        let waited = py.detach(|| held.wait(&mut events, &mut found));
         held.set_polling(false);
-        let polled = match polled {
-            Ok(p) => p,
+        let mut interrupted = false;
+        match waited {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                found.clear();
+                interrupted = true;
+            }
             Err(e) => {
-                log(Level::Error, format!("poll() failed: {e}; worker exiting"));
+                log(
+                    Level::Error,
+                    format!("epoll_wait() failed: {e}; worker exiting"),
+                );
                 code = 1;
                 break;
             }
-        };
-        if polled.interrupted && !check_signals(py, worker) {
+        }
+        let (mut ready_queue, mut dispatched) = (false, false);
+        listener_ready.fill(false);
+        for &what in &found {
+            match what {
+                Ready::Fixed(TAG_READY) => ready_queue = true,
+                Ready::Fixed(TAG_DISPATCH) => dispatched = true,
+                Ready::Fixed(tag) if tag >= TAG_LISTENER => {
+                    if let Some(r) = listener_ready.get_mut((tag - TAG_LISTENER) as usize) {
+                        *r = true;
+                    }
+                }
+                Ready::Fixed(tag) => interrupted |= worker.stop.on_ready(tag),
+                Ready::Conn(_) => {}
+            }
+        }
+        if interrupted && !check_signals(py, worker) {
             break;
         }
-        if polled.stop {
+        if worker.stop.requested() {
             break;
         }
-        if fds.len() > fixed {
+        if !held.is_empty() {
             // Whatever this sweep does, the held connections are not watched meanwhile.
             worker.watcher.wake();
         }
         // One sweep: everything found ready is served once, in this order, before the
-        // next poll; what becomes ready meanwhile waits for the next sweep, so no
+        // next wait; what becomes ready meanwhile waits for the next sweep, so no
         // source starves another.
-        let n = listener_fds.len();
-        if ready_fd.is_some() && polled.readable[n + usize::from(dispatch.is_some())] {
+        if ready_queue {
             // A request multiplexed on a connection whose driver is busy.
             if let Some((shared, token)) = worker.ready.as_ref().and_then(|r| r.pop()) {
                 drive(py, worker, index, &shared, false, false, Some(token));
             }
         }
-        if dispatch.is_some() && polled.readable[n] {
+        if dispatched {
             // A parked connection whose next request has arrived.
             if let Some((fd, payload)) = py.detach(|| parking.take()) {
                 let peer = dispatched_peer(&fd);
                 serve_connection(py, worker, index, Socket::new(fd), peer, &payload, false);
             }
         }
-        for (&fd, _) in fds[fixed..]
-            .iter()
-            .zip(&polled.readable[fixed..])
-            .filter(|(_, readable)| **readable)
-        {
+        for &what in &found {
             // The next request of a connection this thread served before (or its end).
-            if let Some(shared) = held.take(fd) {
+            if let Ready::Conn(fd) = what
+                && let Some(shared) = held.take(fd)
+            {
                 drive(py, worker, index, &shared, false, true, None);
             }
         }
         for k in 0..n {
             let i = (first + k) % n;
-            if !polled.readable[i] {
+            if !listener_ready[i] {
                 continue;
             }
             let (listener, info) = (&worker.listeners[i].0, &worker.listeners[i].1);

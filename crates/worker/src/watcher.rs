@@ -46,7 +46,7 @@ pub const OVERDUE_TICKS_ALONE: u32 = 50;
 const QUIET_TICKS: u32 = 500;
 
 /// Requests claimed from connections whose driver is busy, for any free request thread.
-/// An eventfd in every request thread's poll set says the queue is not empty.
+/// An eventfd in every request thread's epoll set says the queue is not empty.
 #[derive(Debug)]
 pub struct ReadyQueue {
     queue: Mutex<VecDeque<(Shared, u64)>>,
@@ -68,7 +68,7 @@ impl ReadyQueue {
         })
     }
 
-    /// The fd to poll: readable while requests are queued.
+    /// The fd to wait on: readable while requests are queued.
     pub fn fd(&self) -> RawFd {
         self.efd.as_raw_fd()
     }
@@ -90,7 +90,7 @@ impl ReadyQueue {
     }
 
     /// Take the oldest queued request. The eventfd is reset, and set again when more
-    /// remain, so that another thread's poll wakes for them.
+    /// remain, so that another thread's wait wakes for them.
     pub fn pop(&self) -> Option<(Shared, u64)> {
         let mut count: u64 = 0;
         // SAFETY: an 8-byte read from our non-blocking eventfd.
@@ -141,7 +141,9 @@ impl Watcher {
             asleep: Mutex::new(false),
             woken: Condvar::new(),
             ready,
-            held: (0..threads.max(1)).map(|_| Held::default()).collect(),
+            held: (0..threads.max(1))
+                .map(|_| Held::new())
+                .collect::<io::Result<_>>()?,
             parking,
             board,
         });
