@@ -40,7 +40,8 @@ use pyo3::exceptions::{
     PyOSError, PyRuntimeError, PySystemExit, PyValueError,
 };
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use scoreboard::SlotState;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -647,24 +648,39 @@ fn timed_out(
 /// Flush Python's `sys.stdout` and `sys.stderr`, so the app's prints of this request
 /// reach the pool's log now rather than when a block buffer fills.
 fn flush_std_streams(py: Python<'_>) {
+    // Looked up in the sys module's dict with interned keys: this runs after every
+    // request, and PySys_GetObject would build and hash a new str per lookup.
+    let Some(sys) = SYS_DICT
+        .get_or_try_init(py, || Ok::<_, PyErr>(py.import("sys")?.dict().unbind()))
+        .ok()
+        .map(|d| d.bind(py))
+    else {
+        return;
+    };
     let skip_originals = ORIGINALS_UNBUFFERED.load(Ordering::Relaxed);
-    // PySys_GetObject rather than `import sys` + getattr: this runs after every request.
-    for (name, original) in [(c"stdout", c"__stdout__"), (c"stderr", c"__stderr__")] {
-        // SAFETY: attached; returns a borrowed reference or NULL, with no error set.
-        let ptr = unsafe { pyo3::ffi::PySys_GetObject(name.as_ptr()) };
-        // SAFETY: as above.
-        if ptr.is_null()
-            || (skip_originals && ptr == unsafe { pyo3::ffi::PySys_GetObject(original.as_ptr()) })
+    for (name, original) in [
+        (pyo3::intern!(py, "stdout"), pyo3::intern!(py, "__stdout__")),
+        (pyo3::intern!(py, "stderr"), pyo3::intern!(py, "__stderr__")),
+    ] {
+        let Ok(Some(stream)) = sys.get_item(name) else {
+            continue;
+        };
+        if stream.is_none()
+            || (skip_originals
+                && sys
+                    .get_item(original)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|o| o.is(&stream)))
         {
             continue;
         }
-        // SAFETY: a live borrowed reference owned by the sys module, used at once.
-        let stream = unsafe { pyo3::Borrowed::from_ptr(py, ptr) };
-        if !stream.is_none() {
-            let _ = stream.call_method0(pyo3::intern!(py, "flush"));
-        }
+        let _ = stream.call_method0(pyo3::intern!(py, "flush"));
     }
 }
+
+/// The `sys` module's dict (the interpreter's, for its whole life).
+static SYS_DICT: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
 
 /// `sys.__stdout__` and `sys.__stderr__` write straight through to their fds (the
 /// manager starts workers with PYTHONUNBUFFERED=1), so while the app has not replaced
