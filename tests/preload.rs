@@ -161,6 +161,30 @@ fn a_reload_imports_the_app_again_in_a_new_zygote() {
 }
 
 #[test]
+fn a_reload_that_turns_preload_off_lets_the_zygote_go() {
+    let env = TestEnv::new();
+    let (pool, addr, log) = preload_pool(&env, 1, &[]);
+    let config = env.write_config(&[], std::slice::from_ref(&pool));
+    let mut p = start_quiet(&env, &config);
+    let zygote = ready_zygote(&p);
+    let mut off = pool.clone();
+    off.extra.retain(|l| l != "preload: true");
+    env.write_config(&[], &[off]);
+    p.signal(Signal::SIGHUP);
+    // The new worker imports the app itself; the zygote goes with its last worker.
+    assert!(
+        wait_until(WAIT, || {
+            let (pid, _, import_pid, _) = ask(&addr);
+            import_pid == pid && !alive(zygote)
+        }),
+        "the zygote outlived its generation; log:\n{}",
+        p.log_text()
+    );
+    assert_eq!(imports(&log).len(), 2);
+    p.stop();
+}
+
+#[test]
 fn workers_outlive_a_killed_zygote_and_the_pool_recovers() {
     let env = TestEnv::new();
     let (pool, addr, log) = preload_pool(&env, 1, &[]);

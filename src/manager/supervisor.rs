@@ -188,6 +188,15 @@ impl PoolRuntime {
     /// their fork channel); a removed pool's current one too, once its workers are
     /// gone.
     fn drop_unused_zygotes(&mut self) {
+        // A zygote of an earlier generation (a reload turned `preload` off, or no
+        // worker has been asked of the new generation yet) is an old one.
+        if self
+            .zygote
+            .as_ref()
+            .is_some_and(|z| z.generation != self.state.generation)
+        {
+            self.old_zygotes.extend(self.zygote.take());
+        }
         let slots = &self.state.slots;
         self.old_zygotes
             .retain(|z| slots.iter().flatten().any(|w| w.generation == z.generation));
@@ -998,6 +1007,7 @@ impl Supervisor {
             }
             self.check_request_timeouts(index, now_us);
             let pool = &mut self.pools[index];
+            pool.drop_unused_zygotes();
             if pool.removed && pool.state.live() == 0 && pool.parking.is_some() {
                 // Its workers parked their kept connections on the way out; no worker
                 // of this pool will ever take them.
