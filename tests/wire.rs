@@ -386,6 +386,33 @@ fn head_response_has_no_body() {
     }
 }
 
+#[test]
+fn a_large_one_piece_body_arrives_whole_and_head_gets_only_the_headers() {
+    // Bodies of 16 KiB and more leave straight from the app's bytes object with the
+    // request's last records: around that size, around a record (65535) and beyond
+    // the socket buffer, so the vectored write continues after partial writes.
+    let s = serve("blob:application");
+    let pattern = |n: usize| (0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>();
+    for addr in &s.addrs {
+        for n in [100, 16383, 16384, 65535, 65536, 131071, 131072, 700_001] {
+            let r = fcgi::request(addr, &Request::get(&format!("/?n={n}")));
+            assert_eq!(r.status, 200, "{addr} n={n}");
+            assert_eq!(r.header("Content-Length"), Some(n.to_string().as_str()));
+            assert!(r.body == pattern(n), "{addr} n={n}: body differs");
+            let head = fcgi::request(addr, &Request::get(&format!("/?n={n}")).method("HEAD"));
+            assert_eq!(head.status, 200, "{addr} HEAD n={n}");
+            assert_eq!(head.header("Content-Length"), Some(n.to_string().as_str()));
+            assert!(head.body.is_empty(), "{addr} HEAD n={n} has a body");
+        }
+        // No start_response: a 500, whatever the body's size, and the worker serves on.
+        for n in [100, 70_000] {
+            let r = fcgi::request(addr, &Request::get(&format!("/?n={n}&nostart=1")));
+            assert_eq!(r.status, 500, "{addr} nostart n={n}");
+        }
+        assert_eq!(fcgi::request(addr, &Request::get("/?n=20000")).status, 200);
+    }
+}
+
 fn pid_of(addr: &Addr) -> String {
     let r = fcgi::request(addr, &Request::get("/"));
     assert_eq!(r.status, 200);

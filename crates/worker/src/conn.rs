@@ -27,7 +27,7 @@ use fastcgi::{
     ServerConnection,
 };
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -69,6 +69,9 @@ pub fn try_lock(shared: &Shared) -> Option<MutexGuard<'_, Conn>> {
         Err(std::sync::TryLockError::WouldBlock) => None,
     }
 }
+
+/// Most iovecs one `sendmsg` takes (Linux's UIO_MAXIOV).
+const IOV_MAX: usize = 1024;
 
 /// Bytes read from the socket per `recv` call at most.
 const READ_CHUNK: usize = 64 * 1024;
@@ -141,6 +144,31 @@ impl Socket {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Write all of `parts`, in order, with as few `sendmsg` calls as the socket allows
+    /// (MSG_NOSIGNAL, as [`Socket::send_all`]).
+    fn send_all_vectored(&self, mut parts: &mut [IoSlice<'_>]) -> io::Result<()> {
+        IoSlice::advance_slices(&mut parts, 0); // skip leading empty parts
+        while !parts.is_empty() {
+            // SAFETY: a msghdr naming `parts` (valid IoSlices, which are iovecs), no
+            // address and no control data; sendmsg only reads them.
+            let n = unsafe {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = parts.as_mut_ptr().cast();
+                msg.msg_iovlen = parts.len().min(IOV_MAX) as _;
+                libc::sendmsg(self.fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+            };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            IoSlice::advance_slices(&mut parts, n as usize);
+        }
+        Ok(())
     }
 
     /// Write all of `data`. MSG_NOSIGNAL: a peer that went away is an EPIPE error here,
@@ -738,6 +766,36 @@ impl Conn {
         result.map_err(|e| self.fail(ConnError::io("writing to the web server", e)))
     }
 
+    /// Write the output buffer, then `body` as the STDOUT records of request `id`, then
+    /// `tail`, in vectored writes: the body goes from the caller's buffer to the socket
+    /// with no copy here.
+    fn flush_with_body(&mut self, id: u16, body: &[u8], tail: &[u8]) -> Result<(), ConnError> {
+        if let Some(err) = &self.failure {
+            self.out.clear();
+            return Err(err.clone());
+        }
+        let Some(sock) = self.sock.as_ref() else {
+            self.out.clear();
+            return Err(ConnError::Closed);
+        };
+        const PADDING: [u8; 8] = [0; 8];
+        let headers: Vec<[u8; fcgi::HEADER_LEN]> = body
+            .chunks(fcgi::MAX_CONTENT_LEN)
+            .map(|c| fcgi::record_header(RecordType::Stdout, id, c.len()).to_bytes())
+            .collect();
+        let mut parts = Vec::with_capacity(2 + 3 * headers.len());
+        parts.push(IoSlice::new(&self.out));
+        for (header, chunk) in headers.iter().zip(body.chunks(fcgi::MAX_CONTENT_LEN)) {
+            parts.push(IoSlice::new(header));
+            parts.push(IoSlice::new(chunk));
+            parts.push(IoSlice::new(&PADDING[..fcgi::padding_len(chunk.len())]));
+        }
+        parts.push(IoSlice::new(tail));
+        let result = sock.send_all_vectored(&mut parts);
+        self.out.clear();
+        result.map_err(|e| self.fail(ConnError::io("writing to the web server", e)))
+    }
+
     /// The request in service with FastCGI id `id`.
     fn by_id(&mut self, id: u16) -> Option<&mut Request> {
         self.reqs.iter_mut().find(|r| r.id == id)
@@ -824,6 +882,19 @@ impl Conn {
         }
         if flush_now {
             self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Whether request `seq` may send its body now, as [`Conn::send_body`] would check
+    /// it: for a whole body that [`finish_request`] sends later.
+    pub fn may_send(&mut self, seq: u64) -> Result<(), OpError> {
+        let req = self.current(seq)?;
+        if req.aborted {
+            return Err(OpError::Aborted);
+        }
+        if !req.response.headers_sent && !req.response.started {
+            return Err(OpError::NotStarted);
         }
         Ok(())
     }
@@ -1094,15 +1165,18 @@ fn drain_input<'a>(
     }
 }
 
-/// Finish request `token`: drain its body, close its streams, send END_REQUEST
-/// (appStatus 0, FCGI_REQUEST_COMPLETE). Returns whether the connection stays open:
+/// Finish request `token`: drain its body, send `body` (a whole response body the app
+/// gave in one piece, not sent yet; empty for none) straight from the caller's buffer,
+/// close its streams, send END_REQUEST (appStatus 0, FCGI_REQUEST_COMPLETE), all in one
+/// write where the socket takes it. Returns whether the connection stays open:
 /// FCGI_KEEP_CONN was set, or other requests are still in service on it (a request
 /// without FCGI_KEEP_CONN then closes it once they are done). The caller closes it on
 /// `Ok(false)` or an error, with the guard returned.
-pub fn finish_request(
-    shared: &Shared,
+pub fn finish_request<'a>(
+    shared: &'a Shared,
     token: u64,
-) -> (MutexGuard<'_, Conn>, Result<bool, ConnError>) {
+    body: &[u8],
+) -> (MutexGuard<'a, Conn>, Result<bool, ConnError>) {
     let (mut conn, drained) = drain_input(shared, token);
     if let Err(e) = drained {
         return (conn, Err(e));
@@ -1111,7 +1185,26 @@ pub fn finish_request(
         return (conn, Ok(false));
     };
     let mut req = conn.reqs.remove(pos);
-    let out = &mut conn.out;
+    if !body.is_empty() && !req.aborted {
+        // A whole response body left to send (see `Conn::may_send`): its header block
+        // goes first, through the output buffer; the body (none for HEAD) after it,
+        // from the caller's buffer.
+        if let Some(block) = req.response.pending_headers.take() {
+            fcgi::encode_stream(&mut conn.out, RecordType::Stdout, req.id, &block);
+        }
+        req.response.headers_sent = true;
+    }
+    let body = if req.response.head || req.aborted {
+        &[][..]
+    } else {
+        body
+    };
+    let mut tail = BytesMut::new();
+    let out = if body.is_empty() {
+        &mut conn.out
+    } else {
+        &mut tail
+    };
     if !req.stderr_buf.is_empty() && !req.aborted {
         fcgi::encode_stream(out, RecordType::Stderr, req.id, &req.stderr_buf);
         req.stderr_used = true;
@@ -1126,7 +1219,11 @@ pub fn finish_request(
         conn.close_when_idle = true;
     }
     let keep = !conn.reqs.is_empty() || !conn.close_when_idle;
-    let flushed = conn.flush();
+    let flushed = if body.is_empty() {
+        conn.flush()
+    } else {
+        conn.flush_with_body(req.id, body, &tail)
+    };
     (conn, flushed.map(|()| keep))
 }
 
