@@ -753,23 +753,38 @@ impl Conn {
         if self.out.is_empty() {
             return Ok(());
         }
-        if let Some(err) = &self.failure {
-            self.out.clear();
-            return Err(err.clone());
-        }
-        let Some(sock) = self.sock.as_ref() else {
-            self.out.clear();
-            return Err(ConnError::Closed);
-        };
-        let result = sock.send_all(&self.out);
-        self.out.clear();
-        result.map_err(|e| self.fail(ConnError::io("writing to the web server", e)))
+        self.write_out(|sock, out| sock.send_all(out))
     }
 
     /// Write the output buffer, then `body` as the STDOUT records of request `id`, then
     /// `tail`, in vectored writes: the body goes from the caller's buffer to the socket
     /// with no copy here.
     fn flush_with_body(&mut self, id: u16, body: &[u8], tail: &[u8]) -> Result<(), ConnError> {
+        const PADDING: [u8; 8] = [0; 8];
+        let headers: Vec<[u8; fcgi::HEADER_LEN]> = body
+            .chunks(fcgi::MAX_CONTENT_LEN)
+            .map(|c| fcgi::record_header(RecordType::Stdout, id, c.len()).to_bytes())
+            .collect();
+        self.write_out(|sock, out| {
+            let mut parts = Vec::with_capacity(2 + 3 * headers.len());
+            parts.push(IoSlice::new(out));
+            for (header, chunk) in headers.iter().zip(body.chunks(fcgi::MAX_CONTENT_LEN)) {
+                parts.push(IoSlice::new(header));
+                parts.push(IoSlice::new(chunk));
+                parts.push(IoSlice::new(&PADDING[..fcgi::padding_len(chunk.len())]));
+            }
+            parts.push(IoSlice::new(tail));
+            sock.send_all_vectored(&mut parts)
+        })
+    }
+
+    /// Send the output buffer with `write` (and whatever else `write` sends after it),
+    /// unless the connection already failed or is closed; the buffer is emptied either
+    /// way, and a failed write fails the connection.
+    fn write_out(
+        &mut self,
+        write: impl FnOnce(&Socket, &[u8]) -> io::Result<()>,
+    ) -> Result<(), ConnError> {
         if let Some(err) = &self.failure {
             self.out.clear();
             return Err(err.clone());
@@ -778,20 +793,7 @@ impl Conn {
             self.out.clear();
             return Err(ConnError::Closed);
         };
-        const PADDING: [u8; 8] = [0; 8];
-        let headers: Vec<[u8; fcgi::HEADER_LEN]> = body
-            .chunks(fcgi::MAX_CONTENT_LEN)
-            .map(|c| fcgi::record_header(RecordType::Stdout, id, c.len()).to_bytes())
-            .collect();
-        let mut parts = Vec::with_capacity(2 + 3 * headers.len());
-        parts.push(IoSlice::new(&self.out));
-        for (header, chunk) in headers.iter().zip(body.chunks(fcgi::MAX_CONTENT_LEN)) {
-            parts.push(IoSlice::new(header));
-            parts.push(IoSlice::new(chunk));
-            parts.push(IoSlice::new(&PADDING[..fcgi::padding_len(chunk.len())]));
-        }
-        parts.push(IoSlice::new(tail));
-        let result = sock.send_all_vectored(&mut parts);
+        let result = write(sock, &self.out);
         self.out.clear();
         result.map_err(|e| self.fail(ConnError::io("writing to the web server", e)))
     }

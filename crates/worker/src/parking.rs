@@ -372,6 +372,12 @@ impl Held {
 
 /// Which of `fds` have data (or end of file, or an error) to read right now.
 pub fn readable_now(fds: &[RawFd]) -> Vec<bool> {
+    poll_readable(fds, 0).unwrap_or_else(|_| vec![false; fds.len()])
+}
+
+/// `poll(2)` `fds` for reading, waiting up to `timeout_ms` (-1: no limit): which of
+/// them are readable (or at end of file, or in error).
+pub fn poll_readable(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<bool>> {
     let mut pollfds: Vec<libc::pollfd> = fds
         .iter()
         .map(|&fd| libc::pollfd {
@@ -380,7 +386,16 @@ pub fn readable_now(fds: &[RawFd]) -> Vec<bool> {
             revents: 0,
         })
         .collect();
-    // SAFETY: `pollfds` is a valid array of `pollfds.len()` pollfd structs; zero timeout.
-    let n = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 0) };
-    pollfds.iter().map(|p| n > 0 && p.revents != 0).collect()
+    // SAFETY: `pollfds` is a valid array of `pollfds.len()` pollfd structs.
+    let n = unsafe {
+        libc::poll(
+            pollfds.as_mut_ptr(),
+            pollfds.len() as libc::nfds_t,
+            timeout_ms,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pollfds.iter().map(|p| p.revents != 0).collect())
 }

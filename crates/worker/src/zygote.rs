@@ -60,7 +60,7 @@ pub fn run(
     loop {
         let mut fds: Vec<RawFd> = vec![channel.as_raw_fd()];
         fds.extend(children.iter().map(|c| c.pidfd.as_raw_fd()));
-        let ready = match py.detach(|| wait_readable(&fds)) {
+        let ready = match py.detach(|| crate::parking::poll_readable(&fds, -1)) {
             Ok(ready) => ready,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
                 if let Err(e) = py.check_signals() {
@@ -218,24 +218,6 @@ fn become_worker(
         zygote_fd: -1,
         ..spec
     })
-}
-
-/// `poll(2)` until one of `fds` is readable (or hung up); which ones are.
-fn wait_readable(fds: &[RawFd]) -> std::io::Result<Vec<bool>> {
-    let mut pollfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    // SAFETY: `pollfds` is a valid array of `pollfds.len()` pollfd structs.
-    let n = unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, -1) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(pollfds.iter().map(|p| p.revents != 0).collect())
 }
 
 /// Collect `pid`'s exit status, if it has exited.
