@@ -338,6 +338,7 @@ fn stream(
         || result.is_exact_instance_of::<PyTuple>())
         && result.len().ok() == Some(1);
     let iter = result.try_iter().map_err(Failure::App)?;
+    let mut sent = false;
     for item in iter {
         let item = item.map_err(Failure::App)?;
         let bytes = item.cast::<PyBytes>().map_err(|_| {
@@ -356,10 +357,21 @@ fn stream(
             lock(shared).may_send(seq)?;
             return Ok(Some(bytes.clone().unbind()));
         }
-        py.detach(|| lock(shared).send_body(seq, data, !single))?;
+        if single {
+            // Encoded into the output buffer for finish() to send: no I/O, so the
+            // GIL is kept when the mutex is free.
+            start_response::with_conn(py, shared, |c| c.send_body(seq, data, false))?;
+        } else {
+            py.detach(|| lock(shared).send_body(seq, data, true))?;
+        }
+        sent = true;
         monitor.state(thread, SlotState::Running);
     }
     monitor.state(thread, SlotState::Writing);
+    if sent {
+        // The headers went with the first chunk (or alone, for HEAD).
+        return Ok(None);
+    }
     py.detach(|| lock(shared).send_headers_if_pending(seq))
         .map(|()| None)
         .map_err(|e| match e {

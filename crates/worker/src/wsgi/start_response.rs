@@ -39,11 +39,15 @@ fn utf8<'a>(text: &'a Bound<'_, PyString>) -> PyResult<&'a str> {
     }
 }
 
-/// Run `f` on the connection. Waiting for its mutex happens only with the GIL released
-/// (the rule of [`crate::conn`]); but when the mutex is free, as it nearly always is,
-/// it is taken at once: releasing and retaking the GIL twice per `start_response`
-/// cost more than the rest of the call.
-fn with_conn<R: Send>(py: Python<'_>, conn: &Shared, f: impl FnOnce(&mut Conn) -> R + Send) -> R {
+/// Run `f`, which must not block (no I/O), on the connection. Waiting for its mutex
+/// happens only with the GIL released (the rule of [`crate::conn`]); but when the mutex
+/// is free, as it nearly always is, it is taken at once: releasing and retaking the GIL
+/// twice per call cost more than the rest of a `start_response`.
+pub(crate) fn with_conn<R: Send>(
+    py: Python<'_>,
+    conn: &Shared,
+    f: impl FnOnce(&mut Conn) -> R + Send,
+) -> R {
     match try_lock(conn) {
         Some(mut guard) => f(&mut guard),
         None => py.detach(|| f(&mut lock(conn))),
