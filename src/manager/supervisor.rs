@@ -28,7 +28,7 @@ use super::parking::Parking;
 use super::planner::{self, Action, RetireWhy, Trigger, Waiting};
 use super::pool::{Exit, PoolState, Retire, Verdict, Worker, WorkerState, describe_exit, judge};
 use super::spawn::{Identity, PoolSpawner, jittered_max_requests};
-use super::zygote::{Reports, Zygote};
+use super::zygote::{ForkError, Reports, Zygote};
 use crate::exit_code;
 use crate::logging::LogSink;
 use nix::sys::signal::{Signal, kill};
@@ -897,13 +897,13 @@ impl Supervisor {
             match &pool.zygote {
                 Some(z) if z.ready => {
                     let forked = z.fork(slot as u32, max_requests);
-                    if forked.is_err() {
-                        // It may be stuck or half-broken: a new one starts after the
-                        // back-off; its own exit is reported as usual.
+                    if let Err(ForkError::Broken(_)) = &forked {
+                        // Stuck or gone: a new one starts after the back-off; its own
+                        // exit is reported as usual.
                         let _ = kill(Pid::from_raw(z.pid), Signal::SIGKILL);
                         pool.old_zygotes.extend(pool.zygote.take());
                     }
-                    forked
+                    forked.map_err(|e| std::io::Error::other(e.to_string()))
                 }
                 Some(_) => return Spawn::Waiting,
                 None => match Zygote::start(&spawner, generation) {

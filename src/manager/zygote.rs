@@ -86,15 +86,18 @@ impl Zygote {
     }
 
     /// Have the zygote fork a worker for `slot`. Call inside the runtime.
-    pub fn fork(&self, slot: u32, max_requests: u64) -> io::Result<Spawned> {
+    pub fn fork(&self, slot: u32, max_requests: u64) -> Result<Spawned, ForkError> {
         let (control, worker_control) = socketpair(
             AddressFamily::Unix,
             SockType::Stream,
             None,
             SockFlag::SOCK_CLOEXEC,
-        )?;
-        let (stdout, stdout_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let (stderr, stderr_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        )
+        .map_err(io::Error::from)?;
+        let (stdout, stdout_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+        let (stderr, stderr_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
         let request = ForkRequest { slot, max_requests };
         let fds = WorkerFds {
             control: worker_control.as_raw_fd(),
@@ -103,30 +106,30 @@ impl Zygote {
         };
         let channel = self.channel.as_raw_fd();
         zygote::send_request(channel, request, fds).map_err(|e| {
-            io::Error::other(format!("cannot ask zygote {} for a worker: {e}", self.pid))
+            ForkError::Broken(format!("cannot ask zygote {} for a worker: {e}", self.pid))
         })?;
         // The worker has its copies: ours must go, or end of file would never come.
         drop((worker_control, stdout_w, stderr_w));
         let pid = match zygote::receive_reply(channel) {
             Ok(Some(Reply::Forked(pid))) => pid,
             Ok(Some(Reply::Failed(why))) => {
-                return Err(io::Error::other(format!("zygote {}: {why}", self.pid)));
+                return Err(ForkError::Refused(format!("zygote {}: {why}", self.pid)));
             }
             Ok(None) => {
-                return Err(io::Error::other(format!(
+                return Err(ForkError::Broken(format!(
                     "zygote {} closed its fork channel",
                     self.pid
                 )));
             }
             Err(nix::errno::Errno::EAGAIN) => {
-                return Err(io::Error::other(format!(
+                return Err(ForkError::Broken(format!(
                     "zygote {} did not answer within {}s",
                     self.pid,
                     FORK_TIMEOUT.as_secs()
                 )));
             }
             Err(e) => {
-                return Err(io::Error::other(format!(
+                return Err(ForkError::Broken(format!(
                     "zygote {}: fork channel: {e}",
                     self.pid
                 )));
@@ -157,6 +160,22 @@ impl Zygote {
             control: tokio::net::UnixStream::from_std(std_control)?,
         })
     }
+}
+
+/// Why a zygote gave no worker.
+#[derive(Debug, thiserror::Error)]
+pub enum ForkError {
+    /// It answered that it could not fork (os.fork() failed: a process limit, memory);
+    /// it is otherwise fine.
+    #[error("{0}")]
+    Refused(String),
+    /// The request or the answer was lost, or came late: the zygote is stuck or gone and
+    /// must be replaced.
+    #[error("{0}")]
+    Broken(String),
+    /// Setting up the worker's sockets and pipes here failed.
+    #[error("{0}")]
+    Local(#[from] io::Error),
 }
 
 /// The exit statuses a zygote reported on its control socket, for the monitors of

@@ -191,7 +191,7 @@ impl Stop {
         self.wake_all();
     }
 
-    /// Make every thread.s wait return (a stop was requested).
+    /// Make every thread's wait return (a stop was requested).
     fn wake_all(&self) {
         let _ = (&self.broadcast_write).write(&[1]);
     }
