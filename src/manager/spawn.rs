@@ -18,7 +18,7 @@ use pyfpm_config::PoolConfig;
 use pyfpm_ipc::{ListenerFd, WorkerSpec};
 use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -298,13 +298,7 @@ impl PoolSpawner<'_> {
     /// Start the pool's interpreter: a worker in `slot`, or with `zygote_fd` the zygote.
     fn start(&self, slot: u32, zygote_fd: Option<RawFd>) -> io::Result<Spawned> {
         let pool = self.pool;
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::Stream,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(io::Error::from)?;
+        let (ours, theirs) = control_socketpair()?;
         let control_fd = theirs.as_raw_fd();
         let mut spec = self.spec(slot, control_fd);
         spec.zygote_fd = zygote_fd.unwrap_or(-1);
@@ -375,9 +369,7 @@ impl PoolSpawner<'_> {
         // The worker has its copy; ours must go, or the worker's EOF detection (manager
         // gone) and ours (worker gone) would never fire.
         drop(theirs);
-        let std_stream = std::os::unix::net::UnixStream::from(ours);
-        std_stream.set_nonblocking(true)?;
-        let control = tokio::net::UnixStream::from_std(std_stream)?;
+        let control = manager_end(ours)?;
         Ok(Spawned {
             pid: child.id().map_or(-1, |p| p as i32),
             stdout: child.stdout.take().map(|o| Box::pin(o) as Output),
@@ -386,6 +378,25 @@ impl PoolSpawner<'_> {
             control,
         })
     }
+}
+
+/// A worker's control socketpair: (the manager's end, the worker's end), both
+/// close-on-exec (the spawner clears the flag on the worker's end in the child).
+pub fn control_socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?)
+}
+
+/// The manager's end of a control socketpair, made non-blocking for tokio. Call inside
+/// the runtime.
+pub fn manager_end(fd: OwnedFd) -> io::Result<tokio::net::UnixStream> {
+    let stream = std::os::unix::net::UnixStream::from(fd);
+    stream.set_nonblocking(true)?;
+    tokio::net::UnixStream::from_std(stream)
 }
 
 /// A duration in whole milliseconds for the spec, saturating.

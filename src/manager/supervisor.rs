@@ -184,12 +184,9 @@ impl PoolRuntime {
         }
     }
 
-    /// Let go of the zygotes no running worker came from (they exit at end of file on
-    /// their fork channel); a removed pool's current one too, once its workers are
-    /// gone.
-    fn drop_unused_zygotes(&mut self) {
-        // A zygote of an earlier generation (a reload turned `preload` off, or no
-        // worker has been asked of the new generation yet) is an old one.
+    /// A current zygote of an earlier generation (a reload or an emergency restart, which
+    /// must import anew, or a reload that turned `preload` off) becomes an old one.
+    fn retire_stale_zygote(&mut self) {
         if self
             .zygote
             .as_ref()
@@ -197,6 +194,13 @@ impl PoolRuntime {
         {
             self.old_zygotes.extend(self.zygote.take());
         }
+    }
+
+    /// Let go of the zygotes no running worker came from (they exit at end of file on
+    /// their fork channel); a removed pool's current one too, once its workers are
+    /// gone.
+    fn drop_unused_zygotes(&mut self) {
+        self.retire_stale_zygote();
         let slots = &self.state.slots;
         self.old_zygotes
             .retain(|z| slots.iter().flatten().any(|w| w.generation == z.generation));
@@ -873,6 +877,7 @@ impl Supervisor {
                 }
             }
         }
+        pool.retire_stale_zygote();
         let spawner = PoolSpawner {
             pool: &pool.config,
             listeners: &pool.listeners,
@@ -886,14 +891,6 @@ impl Supervisor {
         let started = std::time::Instant::now();
         let spawned = if pool.config.preload {
             let generation = pool.state.generation;
-            if pool
-                .zygote
-                .as_ref()
-                .is_some_and(|z| z.generation != generation)
-            {
-                // A reload or an emergency restart: the new generation imports anew.
-                pool.old_zygotes.extend(pool.zygote.take());
-            }
             match &pool.zygote {
                 Some(z) if z.ready => {
                     let forked = z.fork(slot as u32, max_requests);

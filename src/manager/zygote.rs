@@ -14,7 +14,7 @@
 //! first, so a worker's end is always noticed.
 
 use super::pool::Exit;
-use super::spawn::{ExitSource, Output, PoolSpawner, Spawned};
+use super::spawn::{ExitSource, Output, PoolSpawner, Spawned, control_socketpair, manager_end};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, setsockopt, socketpair, sockopt};
 use nix::sys::time::TimeVal;
 use pyfpm_ipc::zygote::{self, ForkRequest, Reply, WorkerFds};
@@ -87,13 +87,7 @@ impl Zygote {
 
     /// Have the zygote fork a worker for `slot`. Call inside the runtime.
     pub fn fork(&self, slot: u32, max_requests: u64) -> Result<Spawned, ForkError> {
-        let (control, worker_control) = socketpair(
-            AddressFamily::Unix,
-            SockType::Stream,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(io::Error::from)?;
+        let (control, worker_control) = control_socketpair()?;
         let (stdout, stdout_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
         let (stderr, stderr_w) =
@@ -146,8 +140,6 @@ impl Zygote {
             pidfd,
             report: self.reports.expect(pid),
         };
-        let std_control = std::os::unix::net::UnixStream::from(control);
-        std_control.set_nonblocking(true)?;
         let output = |fd: OwnedFd| -> io::Result<Option<Output>> {
             let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
             Ok(Some(Box::pin(pipe) as Output))
@@ -157,7 +149,7 @@ impl Zygote {
             exit: ExitSource::Forked(exit),
             stdout: output(stdout)?,
             stderr: output(stderr)?,
-            control: tokio::net::UnixStream::from_std(std_control)?,
+            control: manager_end(control)?,
         })
     }
 }

@@ -125,7 +125,7 @@ pub fn run(
             warned_threads = warn_about_threads(py);
         }
         // Whatever the app printed at import must not be written twice.
-        flush_std_streams(py);
+        crate::wsgi::flush_std_streams(py);
         let pid = match py
             .import("os")
             .and_then(|os| os.call_method0("fork"))
@@ -258,15 +258,4 @@ fn warn_about_threads(py: Python<'_>) -> bool {
         );
     }
     count > 1
-}
-
-/// Flush `sys.stdout` and `sys.stderr` (errors ignored).
-fn flush_std_streams(py: Python<'_>) {
-    if let Ok(sys) = py.import("sys") {
-        for name in ["stdout", "stderr"] {
-            if let Ok(stream) = sys.getattr(name) {
-                let _ = stream.call_method0("flush");
-            }
-        }
-    }
 }

@@ -354,7 +354,7 @@ fn stream(
         monitor.state(thread, SlotState::Writing);
         if single && data.len() >= DIRECT_BODY_MIN {
             // What sending would check now; the bytes leave with END_REQUEST.
-            lock(shared).may_send(seq)?;
+            start_response::with_conn(py, shared, |c| c.may_send(seq))?;
             return Ok(Some(bytes.clone().unbind()));
         }
         if single {
@@ -678,8 +678,10 @@ fn timed_out(
 }
 
 /// Flush Python's `sys.stdout` and `sys.stderr`, so the app's prints of this request
-/// reach the pool's log now rather than when a block buffer fills.
-fn flush_std_streams(py: Python<'_>) {
+/// reach the pool's log now rather than when a block buffer fills (and, in a preload
+/// zygote, so that nothing buffered is written twice after a fork: there the originals
+/// are not yet known to be unbuffered, so both are flushed).
+pub(crate) fn flush_std_streams(py: Python<'_>) {
     // Looked up in the sys module's dict with interned keys: this runs after every
     // request, and PySys_GetObject would build and hash a new str per lookup.
     let Some(sys) = SYS_DICT
