@@ -562,6 +562,44 @@ fn keep_conn_serves_several_requests_on_one_connection() {
     }
 }
 
+/// A kept connection's next request sent right behind one whose bytes end exactly where
+/// the worker's read of them ends (64 KiB): after the first response nothing new
+/// arrives to wake the worker, so it must read on before it goes back to waiting.
+#[test]
+fn a_request_sent_behind_one_that_fills_a_whole_read_is_served() {
+    const READ_CHUNK: usize = 64 * 1024;
+    let s = serve("echo:application");
+    let first = (READ_CHUNK - 2048..READ_CHUNK)
+        .rev()
+        .map(|len| fcgi::post("/fills-the-read", vec![b'f'; len]).keep_conn(true))
+        .find(|r| r.encode().len() == READ_CHUNK)
+        .expect("a body length that makes the request exactly 64 KiB");
+    let second = fcgi::post("/right-behind", b"second".to_vec()).keep_conn(true);
+    for addr in &s.addrs {
+        let mut c = Conn::connect(addr).unwrap();
+        // The connection is held, waiting for its next request, before both arrive.
+        let r = c.request(&Request::get("/warm").keep_conn(true)).unwrap();
+        assert!(r.completed(), "{addr}");
+        let mut both = first.encode();
+        both.extend_from_slice(&second.encode());
+        c.send(&both).unwrap();
+        for (req, path, len) in [
+            (&first, "/fills-the-read", None),
+            (&second, "/right-behind", Some(6)),
+        ] {
+            let r = c
+                .read_response(req.request_id)
+                .unwrap_or_else(|e| panic!("{addr}: {path}: {e}"));
+            assert!(r.completed(), "{addr}: {path}");
+            let v = r.cgi().json();
+            assert_eq!(env_str(&v, "PATH_INFO"), Some(path), "{addr}");
+            if let Some(len) = len {
+                assert_eq!(v["body_len"], len, "{addr}");
+            }
+        }
+    }
+}
+
 #[test]
 fn without_keep_conn_the_server_closes_after_end_request() {
     let s = serve("echo:application");

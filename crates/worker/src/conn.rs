@@ -29,6 +29,7 @@ use fastcgi::{
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// A connection and the condition variable its readers signal.
@@ -95,12 +96,19 @@ const ABORT_MARKER: [u8; fcgi::HEADER_LEN] = [0; fcgi::HEADER_LEN];
 #[derive(Debug)]
 pub struct Socket {
     fd: OwnedFd,
+    /// The last read filled its whole buffer, so more may wait in the socket: an
+    /// edge-triggered wait (see [`Conn::register_with`]) would not report those bytes
+    /// again, so the connection is read once more before it is held.
+    filled_buffer: AtomicBool,
 }
 
 impl Socket {
     /// Take ownership of an accepted connection.
     pub fn new(fd: OwnedFd) -> Self {
-        Socket { fd }
+        Socket {
+            fd,
+            filled_buffer: AtomicBool::new(false),
+        }
     }
 
     /// Read once into the spare capacity of `buf`; `Ok(0)` is end of file. With
@@ -117,11 +125,15 @@ impl Socket {
                 unsafe { libc::recv(self.fd.as_raw_fd(), spare.as_mut_ptr().cast(), len, flags) };
             if n >= 0 {
                 let n = n as usize;
+                self.filled_buffer.store(n == len, Ordering::Relaxed);
                 // SAFETY: recv initialised the first `n` bytes of the spare capacity.
                 unsafe { buf.set_len(buf.len() + n) };
                 return Ok(n);
             }
             let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::WouldBlock {
+                self.filled_buffer.store(false, Ordering::Relaxed);
+            }
             if err.kind() != io::ErrorKind::Interrupted {
                 return Err(err);
             }
@@ -427,6 +439,19 @@ pub struct Conn {
     /// arrives whole and is read after poll(2)), so it costs a system call only on a
     /// connection whose body is read as the app asks for it.
     read_timeout_set: bool,
+    /// The epoll set (a request thread's, see [`crate::parking::Held`]) the socket is
+    /// registered with, edge-triggered. It stays registered between requests, so
+    /// holding the connection again costs no system call, and is removed when the
+    /// connection closes or another thread's set takes it.
+    registered: Option<RawFd>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // The socket may outlive this connection elsewhere (a child process the app
+        // forked): its registration must not.
+        self.deregister();
+    }
 }
 
 /// Unread request input held while a response streams. Past it, the socket is no longer
@@ -454,6 +479,7 @@ impl Conn {
             body_max: 0,
             read_timeout: std::time::Duration::ZERO,
             read_timeout_set: false,
+            registered: None,
         }
     }
 
@@ -560,6 +586,7 @@ impl Conn {
     /// Close the socket now. Later operations fail with [`ConnError::Closed`]; every
     /// request's objects become inert.
     pub fn close(&mut self) {
+        self.deregister();
         if let Some(sock) = self.sock.take() {
             if self.reading {
                 // Another thread is blocked in recv on it: wake it (end of file) rather
@@ -570,6 +597,52 @@ impl Conn {
         }
         self.failure.get_or_insert(ConnError::Closed);
         self.reqs.clear();
+    }
+
+    /// Register the socket with the epoll set `epfd` (edge-triggered, for reading, the
+    /// event's data being `data`), unless it is already. A registration with another
+    /// set is removed first. The set keeps it until [`Conn::close`] (or the
+    /// connection's drop), so a connection whose socket the manager also holds (after
+    /// parking) never fires in a set again.
+    pub fn register_with(&mut self, epfd: RawFd, data: u64) -> io::Result<()> {
+        if self.registered == Some(epfd) {
+            return Ok(());
+        }
+        self.deregister();
+        let fd = self
+            .raw_fd()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: data,
+        };
+        // SAFETY: epoll_ctl on an epoll fd and a socket fd, both open, with a valid event.
+        let mut rc = unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut event) };
+        if rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EEXIST) {
+            // SAFETY: as above.
+            rc = unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, &mut event) };
+        }
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.registered = Some(epfd);
+        Ok(())
+    }
+
+    /// Remove the socket's epoll registration, if any.
+    fn deregister(&mut self) {
+        if let (Some(epfd), Some(fd)) = (self.registered.take(), self.raw_fd()) {
+            // SAFETY: epoll_ctl DEL on fds that are open; the event argument is unused.
+            unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+        }
+    }
+
+    /// The last read filled its buffer: more bytes may wait in the socket that an
+    /// edge-triggered wait would not report.
+    pub fn may_have_unread(&self) -> bool {
+        self.sock
+            .as_ref()
+            .is_some_and(|s| s.filled_buffer.load(Ordering::Relaxed))
     }
 
     /// True when the read buffer holds bytes not yet turned into events (always false

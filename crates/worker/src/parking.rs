@@ -5,18 +5,19 @@
 //! idle between its requests. A request thread that served one keeps it in its
 //! [`Held`] set and watches it, with the listeners, in the epoll set of its main loop:
 //! the connection's next request is served where its previous one was, with no system
-//! call beyond that wait (shared by whatever it finds ready), re-arming the connection,
-//! the read and the write. A thread holds any number of idle connections (up to
+//! call beyond that wait (shared by whatever it finds ready), the read and the write. A thread holds any number of idle connections (up to
 //! [`MAX_HELD`]); none of them pins it, since it waits on all of them and on new
 //! connections at once.
 //!
-//! A held connection is registered one-shot: its first readiness disarms it, and it is
-//! re-armed (`EPOLL_CTL_MOD`) only when held again. So a registration that outlives its
-//! connection's stay in the set is always disarmed and never fires: one whose
-//! connection another thread now drives, or one whose connection was parked from a
-//! request in progress (SCM_RIGHTS keeps the socket open in the manager, so closing our
-//! fd does not remove it). A connection leaving the set while still armed (parked by
-//! the watcher, beyond [`MAX_HELD`], or at a stop) is deleted from the set first.
+//! A held connection is registered edge-triggered, once: the registration stays while
+//! the connection goes out to be served and comes back, so holding it again costs no
+//! system call. It leaves the set only when the connection closes (parking closes
+//! this worker's copy) or another thread holds it (see [`Conn::register_with`]). An
+//! edge that comes while the connection is out (its request being served) is reported
+//! by the next wait and ignored: [`Held::take`] finds nothing. The bytes behind an
+//! edge are read when the connection is next taken, and a connection whose last read
+//! filled its buffer is read again before it is held ([`Conn::may_have_unread`]), so
+//! no bytes wait in a held socket without an edge to come.
 //!
 //! What a held connection could still wait for is its thread, busy with another
 //! request. The connection watcher ([`crate::watcher`]) looks at the held sets every
@@ -30,6 +31,8 @@
 //!
 //! The message format (both directions) is [`pyfpm_ipc::handoff`]'s.
 
+#[cfg(doc)]
+use crate::conn::Conn;
 use crate::conn::{Shared, lock};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use pyfpm_ipc::handoff::{self, Received};
@@ -185,8 +188,8 @@ pub struct Held {
     conns: Mutex<VecDeque<HeldConn>>,
     /// The thread is in its main loop's wait, watching these connections.
     polling: AtomicBool,
-    /// The thread's fixed fds (level-triggered) and its held connections (one-shot,
-    /// armed exactly while held).
+    /// The thread's fixed fds (level-triggered) and the connections it held
+    /// (edge-triggered, registered until they close or another thread holds them).
     epoll: Epoll,
 }
 
@@ -258,46 +261,28 @@ impl Held {
         Ok(())
     }
 
-    /// Register `fd` one-shot, or re-arm its registration (one system call either way
-    /// once registered: this thread's sets keep disarmed registrations).
-    fn arm(&self, fd: RawFd) -> nix::Result<()> {
-        let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT;
-        let mut event = EpollEvent::new(flags, fd as u64);
-        match self.epoll.modify(borrow(fd), &mut event) {
-            Err(nix::errno::Errno::ENOENT) => self.epoll.add(borrow(fd), event),
-            other => other,
-        }
-    }
-
-    /// Remove an armed connection's registration before it leaves the set otherwise
-    /// than by firing (see the module documentation).
-    fn disarm(&self, fd: RawFd) {
-        let _ = self.epoll.delete(borrow(fd));
-    }
-
     /// Hold `conn` (its socket is `fd`). Returns the connections the caller must park
     /// instead: the one idle longest when this makes more than [`MAX_HELD`] (with
     /// `bounded`), or `conn` itself if it cannot be watched.
     pub fn push(&self, conn: Shared, fd: RawFd, bounded: bool) -> Option<Shared> {
-        let mut list = self.list();
-        if let Err(e) = self.arm(fd) {
+        let registered = lock(&conn).register_with(self.epoll.0.as_raw_fd(), fd as u64);
+        if let Err(e) = registered {
             crate::log::log(
                 crate::log::Level::Warning,
                 format!("cannot watch an idle kept-alive connection: {e}"),
             );
             return Some(conn);
         }
+        let mut list = self.list();
         list.push_back(HeldConn { conn, fd, seen: 0 });
         if !bounded || list.len() <= MAX_HELD {
             return None;
         }
-        let oldest = list.pop_front()?;
-        self.disarm(oldest.fd);
-        Some(oldest.conn)
+        list.pop_front().map(|oldest| oldest.conn)
     }
 
-    /// Take the connection whose socket is `fd` (reported ready, so its registration is
-    /// disarmed), unless the watcher parked it since.
+    /// Take the connection whose socket is `fd` (reported ready), unless the watcher
+    /// parked it since or it is out being served (an edge that came meanwhile).
     pub fn take(&self, fd: RawFd) -> Option<Shared> {
         let mut list = self.list();
         let i = list.iter().position(|h| h.fd == fd)?;
@@ -306,13 +291,7 @@ impl Held {
 
     /// Take every held connection (the thread is leaving).
     pub fn drain(&self) -> Vec<Shared> {
-        self.list()
-            .drain(..)
-            .map(|h| {
-                self.disarm(h.fd);
-                h.conn
-            })
-            .collect()
+        self.list().drain(..).map(|h| h.conn).collect()
     }
 
     /// Whether nothing is held.
@@ -360,7 +339,6 @@ impl Held {
             }
             h.seen += 1;
             if h.seen >= ticks {
-                self.disarm(h.fd);
                 out.push(std::sync::Arc::clone(&h.conn));
                 return false;
             }

@@ -15,10 +15,10 @@
 //! main loop, which waits on the listeners, the pool's DISPATCH socket, the ready queue,
 //! the stop sources and every idle connection the thread holds
 //! ([`crate::parking::Held`]) in one epoll set, then serves everything found ready,
-//! each once (a *sweep*). The fixed fds are registered once per thread; a held
-//! connection is re-armed when it is held again. A connection's next request is thus
-//! served by the thread that served the previous one, with a share of one
-//! `epoll_wait`, an `epoll_ctl`, a read and a write; the watcher parks one whose request
+//! each once (a *sweep*). The fixed fds are registered once per thread, a held
+//! connection the first time it is held (edge-triggered). A connection's next request
+//! is thus served by the thread that served the previous one, with a share of one
+//! `epoll_wait`, a read and a write; the watcher parks one whose request
 //! waits for a busy thread, and a stopping thread parks them all. An idle connection
 //! never pins a worker.
 //!
@@ -721,6 +721,11 @@ fn wait_for_request(
                 continue;
             }
             if !first {
+                if idle && conn.may_have_unread() {
+                    // Held, it would wait for an edge that came already.
+                    read_at_once = true;
+                    continue;
+                }
                 if idle {
                     return Ok(Wait::Hold(fd));
                 }
