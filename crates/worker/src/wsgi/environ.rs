@@ -30,16 +30,18 @@ use std::mem::ManuallyDrop;
 
 /// What the driver needs to know about a request besides the environ.
 #[derive(Debug)]
-pub struct RequestInfo {
+pub struct RequestInfo<'p> {
     /// REQUEST_METHOD, escaped for log lines (see `http::log_safe`).
     pub method: String,
     /// REQUEST_URI (or the path and query), escaped for log lines.
     pub uri: String,
+    /// REMOTE_ADDR, when given and not empty.
+    pub client: Option<&'p [u8]>,
     /// CONTENT_LENGTH, when present and valid: the most `wsgi.input` returns.
     pub content_length: Option<u64>,
 }
 
-impl RequestInfo {
+impl RequestInfo<'_> {
     /// A HEAD request: the body is not sent.
     pub fn is_head(&self) -> bool {
         self.method == "HEAD"
@@ -97,6 +99,7 @@ enum Kind {
     ServerName,
     ServerPort,
     ServerProtocol,
+    RemoteAddr,
 }
 
 impl Kind {
@@ -119,6 +122,7 @@ impl Kind {
             b"SERVER_NAME" => Kind::ServerName,
             b"SERVER_PORT" => Kind::ServerPort,
             b"SERVER_PROTOCOL" => Kind::ServerProtocol,
+            b"REMOTE_ADDR" => Kind::RemoteAddr,
             _ => Kind::Plain,
         }
     }
@@ -540,13 +544,13 @@ fn set_raw(
 }
 
 /// Build the environ for `params`.
-pub fn build<'py>(
+pub fn build<'py, 'p>(
     py: Python<'py>,
-    params: &Params,
+    params: &'p Params,
     role: Role,
     mount: &str,
     streams: Streams<'_, 'py>,
-) -> PyResult<(Bound<'py, PyDict>, RequestInfo)> {
+) -> PyResult<(Bound<'py, PyDict>, RequestInfo<'p>)> {
     CACHE.with(|cache| match cache.try_borrow_mut() {
         Ok(mut cache) => build_with(py, &mut cache, params, role, mount, streams),
         // Only if building re-entered itself (nothing does): an empty cache is correct,
@@ -555,14 +559,14 @@ pub fn build<'py>(
     })
 }
 
-fn build_with<'py>(
+fn build_with<'py, 'p>(
     py: Python<'py>,
     cache: &mut Cache,
-    params: &Params,
+    params: &'p Params,
     role: Role,
     mount: &str,
     streams: Streams<'_, 'py>,
-) -> PyResult<(Bound<'py, PyDict>, RequestInfo)> {
+) -> PyResult<(Bound<'py, PyDict>, RequestInfo<'p>)> {
     let mut script_name = None;
     let mut path_info = None;
     let mut document_uri = None;
@@ -576,6 +580,7 @@ fn build_with<'py>(
     let mut method = None;
     let mut query_string = None;
     let mut http_host = None;
+    let mut remote_addr = None;
     let mut has_server_name = false;
     let mut has_server_port = false;
     let mut has_server_protocol = false;
@@ -609,6 +614,7 @@ fn build_with<'py>(
                     Kind::ServerName => has_server_name = true,
                     Kind::ServerPort => has_server_port = true,
                     Kind::ServerProtocol => has_server_protocol = true,
+                    Kind::RemoteAddr => remote_addr = Some(value),
                     _ => {}
                 }
                 let Some(i) = index else {
@@ -774,6 +780,7 @@ fn build_with<'py>(
         RequestInfo {
             method,
             uri,
+            client: remote_addr.filter(|a| !a.is_empty()),
             content_length: length,
         },
     ))

@@ -176,34 +176,32 @@ pub fn run_request(
             None => return Outcome::Close,
         }
     };
-    {
-        // One walk over the params for the four values.
-        let [addr, method, uri, doc_uri] = params.get_each([
-            b"REMOTE_ADDR",
-            b"REQUEST_METHOD",
-            b"REQUEST_URI",
-            b"DOCUMENT_URI",
-        ]);
-        let peer;
-        let client = match addr {
-            Some(addr) if !addr.is_empty() => addr,
-            _ => {
-                peer = lock(shared).peer.clone();
-                peer.as_bytes()
-            }
-        };
-        worker.monitor.begin(
-            thread,
-            method.unwrap_or(b"GET"),
-            uri.or(doc_uri).unwrap_or(b""),
-            client,
-            shared,
-            seq,
-        );
-    }
     let outcome = serve_request(py, worker, thread, shared, params, role, seq);
     worker.monitor.end(thread);
     outcome
+}
+
+/// Start the request's scoreboard entry and watchdog timers, with the method, URI and
+/// client (REMOTE_ADDR, else the connection's peer) shown on the status page and in
+/// slow-log entries.
+fn begin(
+    worker: &Worker,
+    thread: usize,
+    shared: &Shared,
+    seq: u64,
+    (method, uri, client): (&[u8], &[u8], Option<&[u8]>),
+) {
+    let peer;
+    let client = match client {
+        Some(client) => client,
+        None => {
+            peer = lock(shared).peer.clone();
+            peer.as_bytes()
+        }
+    };
+    worker
+        .monitor
+        .begin(thread, method, uri, client, shared, seq);
 }
 
 /// The request itself: environ, app call, response, error handling.
@@ -238,6 +236,15 @@ fn serve_request(
     let (environ, start, info) = match built {
         Ok(b) => b,
         Err(err) => {
+            // Shown and counted all the same, with the raw values.
+            let [addr, method, uri] =
+                params.get_each([b"REMOTE_ADDR", b"REQUEST_METHOD", b"REQUEST_URI"]);
+            let request = (
+                method.unwrap_or(b"GET"),
+                uri.unwrap_or(b""),
+                addr.filter(|a| !a.is_empty()),
+            );
+            begin(worker, thread, shared, seq, request);
             log(
                 Level::Error,
                 format!(
@@ -249,6 +256,8 @@ fn serve_request(
             return Outcome::Close;
         }
     };
+    let request = (info.method.as_bytes(), info.uri.as_bytes(), info.client);
+    begin(worker, thread, shared, seq, request);
     lock(shared).start_app(seq, info.content_length, info.is_head());
     let ctx = Context {
         method: &info.method,
