@@ -19,6 +19,9 @@ body, FCGI_REQUEST_COMPLETE. The first failure stops the run with exit status 1.
     python3 benches/fcgi_load.py --socket /tmp/x/www.sock --requests 2000
     # one kept connection for all (fastcgi_keep_conn on)
     python3 benches/fcgi_load.py --socket /tmp/x/www.sock --requests 2000 --keep-conn
+    # the echo scenario: a 64 KiB POST echoed back
+    python3 benches/fcgi_load.py --socket /tmp/x/www.sock --keep-conn --uri /echo \
+        --post 65536
 
 Measuring the worker's instructions per request: run the worker under callgrind (see
 "Cost per request without wrk" in benches/README.md), serve two runs of different
@@ -64,14 +67,15 @@ def nv_pairs(params):
     return bytes(out)
 
 
-def nginx_params(uri, params_kind):
-    """The params nginx 1.22 sends for `GET uri` with Debian's fastcgi_params."""
+def nginx_params(uri, params_kind, post=0):
+    """The params nginx 1.22 sends for `GET uri` (or a POST of `post` bytes) with
+    Debian's fastcgi_params."""
     path, _, query = uri.partition("?")
     params = [
         ("QUERY_STRING", query),
-        ("REQUEST_METHOD", "GET"),
-        ("CONTENT_TYPE", ""),
-        ("CONTENT_LENGTH", ""),
+        ("REQUEST_METHOD", "POST" if post else "GET"),
+        ("CONTENT_TYPE", "application/octet-stream" if post else ""),
+        ("CONTENT_LENGTH", str(post) if post else ""),
         ("SCRIPT_NAME", path),
         ("REQUEST_URI", uri),
         ("DOCUMENT_URI", path),
@@ -113,13 +117,22 @@ def nginx_params(uri, params_kind):
     return params
 
 
-def request_bytes(params, keep_conn):
+# nginx sends a request body in STDIN records of at most this much.
+STDIN_RECORD = 32768
+
+
+def request_bytes(params, keep_conn, body=b""):
     """One request as nginx writes it: a single buffer, a single write."""
     flags = KEEP_CONN if keep_conn else 0
+    stdin = b"".join(
+        record(STDIN, body[i : i + STDIN_RECORD])
+        for i in range(0, len(body), STDIN_RECORD)
+    )
     return (
         record(BEGIN_REQUEST, struct.pack(">HB5x", RESPONDER, flags))
         + record(PARAMS, nv_pairs(params))
         + record(PARAMS)
+        + stdin
         + record(STDIN)
     )
 
@@ -192,11 +205,17 @@ def connect(path):
 
 
 def run(args):
-    params = nginx_params(args.uri, args.params)
-    wire = bytearray(request_bytes(params, args.keep_conn))
+    params = nginx_params(args.uri, args.params, args.post)
+    body = b"x" * args.post
+    wire = bytearray(request_bytes(params, args.keep_conn, body))
     port_pair = b"REMOTE_PORT" + PORT_PLACEHOLDER.encode()
     port_at = wire.index(port_pair) + len("REMOTE_PORT")
-    expect = None if args.any_body else args.body.encode("latin-1")
+    if args.any_body:
+        expect = None
+    elif args.body is None:
+        expect = body if args.post else b"Hello, World!"
+    else:
+        expect = args.body.encode("latin-1")
     started = time.monotonic()
     sock = reader = None
     for i in range(args.requests):
@@ -253,15 +272,23 @@ def main(argv=None):
         "or plus only Host, as for wrk (20 params)",
     )
     ap.add_argument(
+        "--post",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="POST a body of BYTES bytes (for /echo, as the benchmark does)",
+    )
+    ap.add_argument(
         "--body",
-        default="Hello, World!",
-        help="expected response body (default: hello's)",
+        help="expected response body (default: hello's, or the posted body with --post)",
     )
     ap.add_argument("--any-body", action="store_true", help="do not check the body")
     ap.add_argument("-q", "--quiet", action="store_true", help="no summary line")
     args = ap.parse_args(argv)
     if args.requests < 1:
         ap.error("--requests must be at least 1")
+    if args.post < 0:
+        ap.error("--post must not be negative")
     return run(args)
 
 

@@ -1326,13 +1326,20 @@ impl InputChunks {
         self.len == 0
     }
 
-    /// Copy everything into `dst`, which is exactly [`InputChunks::len`] bytes long.
-    pub fn copy_to(&self, dst: &mut [u8]) {
+    /// Copy everything into `dst`, which is exactly [`InputChunks::len`] bytes long
+    /// (and may be uninitialised: every byte of it is written).
+    pub fn copy_to(&self, dst: &mut [std::mem::MaybeUninit<u8>]) {
         let mut at = 0;
         for part in &self.parts {
-            dst[at..at + part.len()].copy_from_slice(part);
+            let out = &mut dst[at..at + part.len()];
+            // SAFETY: `out` is `part.len()` writable bytes (MaybeUninit<u8> is laid out as
+            // u8) that cannot overlap `part`, which is borrowed immutably.
+            unsafe {
+                std::ptr::copy_nonoverlapping(part.as_ptr(), out.as_mut_ptr().cast(), part.len())
+            };
             at += part.len();
         }
+        assert_eq!(at, dst.len(), "copy_to fills its whole destination");
     }
 }
 
