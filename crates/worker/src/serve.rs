@@ -762,6 +762,20 @@ fn wait_for_request(
     }
 }
 
+/// The usual end of a kept-alive request: nothing left to read, decode or serve on the
+/// connection and no stop requested, so [`wait_for_request`] would hold it without
+/// blocking. Checked with the GIL kept, which saves releasing and taking it again; the
+/// socket to hold, or `None` for [`wait_for_request`] to decide.
+fn idle_between_requests(shared: &Shared, stop: &Stop) -> Option<RawFd> {
+    let mut conn = lock(shared);
+    let idle = conn.is_idle()
+        && conn.failure().is_none()
+        && !conn.has_buffered_input()
+        && !conn.may_have_unread()
+        && !stop.requested();
+    idle.then(|| conn.raw_fd()).flatten()
+}
+
 /// Block until `fd` has data (or end of file) to read.
 fn wait_readable(fd: RawFd) -> io::Result<()> {
     loop {
@@ -829,17 +843,23 @@ fn drive(
             Some(token) => token,
             None => {
                 let stopping = worker.stop.requested();
-                let waited = py.detach(|| {
-                    wait_for_request(
-                        shared,
-                        &worker.stop,
-                        main,
-                        first,
-                        std::mem::take(&mut read_now),
-                        finish_pending,
-                        parking.enabled(),
-                    )
-                });
+                let held_at_once = (!first && !read_now)
+                    .then(|| idle_between_requests(shared, &worker.stop))
+                    .flatten();
+                let waited = match held_at_once {
+                    Some(fd) => Ok(Wait::Hold(fd)),
+                    None => py.detach(|| {
+                        wait_for_request(
+                            shared,
+                            &worker.stop,
+                            main,
+                            first,
+                            std::mem::take(&mut read_now),
+                            finish_pending,
+                            parking.enabled(),
+                        )
+                    }),
+                };
                 if stopping && !first {
                     finish_pending = false;
                 }
