@@ -228,6 +228,9 @@ struct Entry {
     remember: bool,
     /// The last value remembered, and its str.
     value: Option<(Vec<u8>, Py<PyString>)>,
+    /// Where the entry's item is in the build numbered `.0` (see [`Cache::builds`]):
+    /// a repeated header is found without a dict look-up or a per-build table.
+    listed: (u64, u32),
 }
 
 /// An environ kept to be copied: `PyDict_Copy` clones a dict's hash table in one go,
@@ -260,6 +263,8 @@ struct Cache {
     templates: Vec<Template>,
     /// Which template the next new one replaces once there are [`MAX_TEMPLATES`].
     next_template: usize,
+    /// Environs built so far: numbers each build for [`Entry::listed`].
+    builds: u64,
 }
 
 /// A cheap hash of a name. Not keyed: the table is bounded, so colliding names can
@@ -288,6 +293,7 @@ impl Cache {
             last_names: Vec::new(),
             templates: Vec::new(),
             next_template: 0,
+            builds: 0,
         }
     }
 
@@ -358,6 +364,7 @@ impl Cache {
                 b"HTTP_AUTHORIZATION" | b"HTTP_PROXY_AUTHORIZATION" | b"HTTP_COOKIE"
             ),
             value: None,
+            listed: (0, 0),
         });
         // At most MAX_NAMES (128) entries: the index plus one fits a u8.
         self.slots[slot] = self.entries.len() as u8;
@@ -367,6 +374,7 @@ impl Cache {
     /// The str for the value `bytes` of entry `index`: the remembered one if the
     /// value is unchanged, else a new one (remembered if short enough). The flag says
     /// whether the str is the remembered one, which a template may keep.
+    #[inline]
     fn value<'py>(
         &mut self,
         py: Python<'py>,
@@ -586,10 +594,8 @@ fn build_with<'py, 'p>(
     let mut has_server_protocol = false;
     // The environ is first listed as items, then made in one go (see `Template`).
     let mut items: Vec<Item<'_, 'py>> = Vec::with_capacity(48);
-    // Cache entries already listed (at most MAX_NAMES = 128 of them) and where, to
-    // find repeated headers without a dict look-up.
-    let mut seen: u128 = 0;
-    let mut listed_at = [0u32; MAX_NAMES];
+    cache.builds += 1;
+    let build = cache.builds;
 
     for (position, (name, value)) in params.iter().enumerate() {
         let index = cache.entry_at(py, position, name);
@@ -626,13 +632,13 @@ fn build_with<'py, 'p>(
                     });
                     continue;
                 };
-                let bit = 1u128 << i;
-                if seen & bit != 0 && name.starts_with(b"HTTP_") {
+                let (listed_in, listed_at) = cache.entries[i].listed;
+                if listed_in == build && name.starts_with(b"HTTP_") {
                     // nginx before 1.23 sends a repeated request header as repeated
                     // HTTP_* params; join them as an HTTP proxy would (RFC 9110 §5.3),
                     // cookies with "; ". Other repeated params keep the last value (a
                     // repeated item: later items overwrite earlier ones).
-                    let first = &mut items[listed_at[i] as usize];
+                    let first = &mut items[listed_at as usize];
                     let sep = if name == b"HTTP_COOKIE" { "; " } else { ", " };
                     let mut joined: String = first.value.extract()?;
                     joined.push_str(sep);
@@ -641,9 +647,8 @@ fn build_with<'py, 'p>(
                     first.shareable = false;
                     continue;
                 }
-                seen |= bit;
                 // Items number at most the params plus a few, far below 2^32.
-                listed_at[i] = items.len() as u32;
+                cache.entries[i].listed = (build, items.len() as u32);
                 let (value, shareable) = cache.value(py, i, value);
                 items.push(Item {
                     key: Key::Cached(cache.entries[i].key.as_ptr()),
