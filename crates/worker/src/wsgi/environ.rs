@@ -374,19 +374,31 @@ impl Cache {
     /// The str for the value `bytes` of entry `index`: the remembered one if the
     /// value is unchanged, else a new one (remembered if short enough). The flag says
     /// whether the str is the remembered one, which a template may keep.
-    #[inline]
+    #[inline(always)]
     fn value<'py>(
         &mut self,
         py: Python<'py>,
         index: usize,
         bytes: &[u8],
     ) -> (Bound<'py, PyString>, bool) {
-        let entry = &mut self.entries[index];
-        if let Some((last, text)) = &entry.value {
+        if let Some((last, text)) = &self.entries[index].value {
             if same_bytes(last, bytes) {
                 return (text.bind(py).clone(), true);
             }
         }
+        self.new_value(py, index, bytes)
+    }
+
+    /// [`Cache::value`] for a value that is not the remembered one: kept out of line,
+    /// so that the usual case, inlined, is a comparison.
+    #[inline(never)]
+    fn new_value<'py>(
+        &mut self,
+        py: Python<'py>,
+        index: usize,
+        bytes: &[u8],
+    ) -> (Bound<'py, PyString>, bool) {
+        let entry = &mut self.entries[index];
         let text = latin1(py, bytes);
         if !entry.remember || bytes.len() > MAX_VALUE_LEN {
             return (text, false);
