@@ -1005,6 +1005,10 @@ def main():
                         row.get("failures", [])[:1])
         versions = tool_versions(ctx)
     finally:
+        # A second Ctrl-C (or SIGTERM) while the servers stop would abandon the rest of
+        # them, still running: the cleanup finishes first.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         for s in scenarios:
             if s.proc:
                 s.proc.stop()
