@@ -183,6 +183,31 @@ impl Socket {
         Ok(())
     }
 
+    /// Write what the socket takes of `data` now, without blocking: the bytes written
+    /// (0 when its buffer is full). MSG_NOSIGNAL as [`Socket::send_all`].
+    fn send_now(&self, data: &[u8]) -> io::Result<usize> {
+        loop {
+            // SAFETY: `data` is a valid readable slice.
+            let n = unsafe {
+                libc::send(
+                    self.fd.as_raw_fd(),
+                    data.as_ptr().cast(),
+                    data.len(),
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(0),
+                _ => return Err(err),
+            }
+        }
+    }
+
     /// Write all of `data`. MSG_NOSIGNAL: a peer that went away is an EPIPE error here,
     /// never a SIGPIPE that would kill the worker.
     fn send_all(&self, mut data: &[u8]) -> io::Result<()> {
@@ -557,6 +582,11 @@ impl Conn {
         self.reqs.is_empty()
     }
 
+    /// A thread holds the read token (it is in `recv` on the socket, or about to be).
+    pub fn reading(&self) -> bool {
+        self.reading
+    }
+
     /// The connection was closed (or failed for good).
     pub fn is_closed(&self) -> bool {
         self.sock.is_none()
@@ -827,6 +857,37 @@ impl Conn {
             return Ok(());
         }
         self.write_out(|sock, out| sock.send_all(out))
+    }
+
+    /// Write what the socket takes of the output buffer now, without blocking; the rest
+    /// stays buffered. `Ok(true)` when nothing is left.
+    fn flush_now(&mut self) -> Result<bool, ConnError> {
+        if self.out.is_empty() {
+            return Ok(true);
+        }
+        if let Some(err) = &self.failure {
+            self.out.clear();
+            return Err(err.clone());
+        }
+        let Some(sock) = self.sock.as_ref() else {
+            self.out.clear();
+            return Err(ConnError::Closed);
+        };
+        match sock.send_now(&self.out) {
+            Ok(n) => {
+                bytes::Buf::advance(&mut self.out, n);
+                Ok(self.out.is_empty())
+            }
+            Err(e) => {
+                self.out.clear();
+                Err(self.fail(ConnError::io("writing to the web server", e)))
+            }
+        }
+    }
+
+    /// Write the rest of a response [`finish_now`] left buffered (blocking).
+    pub fn flush_rest(&mut self) -> Result<(), ConnError> {
+        self.flush()
     }
 
     /// Write the output buffer, then `body` as the STDOUT records of request `id`, then
@@ -1256,50 +1317,109 @@ pub fn finish_request<'a>(
     if let Err(e) = drained {
         return (conn, Err(e));
     }
-    let Some(pos) = conn.reqs.iter().position(|r| r.token == token) else {
+    let Some(ended) = conn.end_request(token, body) else {
         return (conn, Ok(false));
     };
-    let mut req = conn.reqs.remove(pos);
-    if !body.is_empty() && !req.aborted {
-        // A whole response body left to send (see `Conn::may_send`): its header block
-        // goes first, through the output buffer; the body (none for HEAD) after it,
-        // from the caller's buffer.
-        if let Some(block) = req.response.pending_headers.take() {
-            fcgi::encode_stream(&mut conn.out, RecordType::Stdout, req.id, &block);
-        }
-        req.response.headers_sent = true;
-    }
-    let body = if req.response.head || req.aborted {
-        &[][..]
-    } else {
-        body
-    };
-    let mut tail = BytesMut::new();
-    let out = if body.is_empty() {
-        &mut conn.out
-    } else {
-        &mut tail
-    };
-    if !req.stderr_buf.is_empty() && !req.aborted {
-        fcgi::encode_stream(out, RecordType::Stderr, req.id, &req.stderr_buf);
-        req.stderr_used = true;
-    }
-    if req.stderr_used {
-        fcgi::encode_end_of_stream(out, RecordType::Stderr, req.id);
-    }
-    fcgi::encode_end_of_stream(out, RecordType::Stdout, req.id);
-    fcgi::encode_end_request(out, req.id, 0, ProtocolStatus::RequestComplete);
-    conn.codec.end_request(req.id);
-    if !req.keep_conn {
-        conn.close_when_idle = true;
-    }
-    let keep = !conn.reqs.is_empty() || !conn.close_when_idle;
-    let flushed = if body.is_empty() {
+    let flushed = if ended.body.is_empty() {
         conn.flush()
     } else {
-        conn.flush_with_body(req.id, body, &tail)
+        conn.flush_with_body(ended.id, ended.body, &ended.tail)
     };
-    (conn, flushed.map(|()| keep))
+    (conn, flushed.map(|()| ended.keep))
+}
+
+/// How [`finish_now`] ended a request.
+#[derive(Debug)]
+pub enum Ending {
+    /// Sent in full: as [`finish_request`]'s result.
+    Done(Result<bool, ConnError>),
+    /// Ended, but part of it is still in the output buffer: send it with
+    /// [`Conn::flush_rest`]; then the connection stays open if this says so.
+    Flushing(bool),
+}
+
+/// [`finish_request`] for request `token`, whose response body (if any) is all in the
+/// output buffer, when that needs no waiting: its input was read to its end, so
+/// nothing is drained, and the response is written without blocking, as far as the
+/// socket takes it. `None` when its input is still arriving: nothing was done.
+pub fn finish_now(conn: &mut Conn, token: u64) -> Option<Ending> {
+    let req = conn.current(token).ok()?;
+    if !(req.stdin_done && req.data_done) {
+        return None;
+    }
+    req.stdin.clear();
+    req.data.clear();
+    let Some(ended) = conn.end_request(token, &[]) else {
+        return Some(Ending::Done(Ok(false)));
+    };
+    Some(match conn.flush_now() {
+        Ok(true) => Ending::Done(Ok(ended.keep)),
+        Ok(false) => Ending::Flushing(ended.keep),
+        Err(e) => Ending::Done(Err(e)),
+    })
+}
+
+/// A request taken out of service by [`Conn::end_request`], its last records encoded
+/// but not written.
+struct Ended<'b> {
+    /// Its FastCGI id.
+    id: u16,
+    /// The whole response body still to send (empty for none, HEAD or an abort).
+    body: &'b [u8],
+    /// The records that follow `body` (with a body; else they are in the output buffer).
+    tail: BytesMut,
+    /// The connection stays open.
+    keep: bool,
+}
+
+impl Conn {
+    /// Take request `token`, whose input was drained, out of service and encode the
+    /// end of its response: `body`, a whole response body still to send, goes after
+    /// the output buffer and before the returned tail. `None` when the request is no
+    /// longer in service.
+    fn end_request<'b>(&mut self, token: u64, body: &'b [u8]) -> Option<Ended<'b>> {
+        let pos = self.reqs.iter().position(|r| r.token == token)?;
+        let mut req = self.reqs.remove(pos);
+        if !body.is_empty() && !req.aborted {
+            // A whole response body left to send (see `Conn::may_send`): its header
+            // block goes first, through the output buffer; the body (none for HEAD)
+            // after it, from the caller's buffer.
+            if let Some(block) = req.response.pending_headers.take() {
+                fcgi::encode_stream(&mut self.out, RecordType::Stdout, req.id, &block);
+            }
+            req.response.headers_sent = true;
+        }
+        let body = if req.response.head || req.aborted {
+            &[][..]
+        } else {
+            body
+        };
+        let mut tail = BytesMut::new();
+        let out = if body.is_empty() {
+            &mut self.out
+        } else {
+            &mut tail
+        };
+        if !req.stderr_buf.is_empty() && !req.aborted {
+            fcgi::encode_stream(out, RecordType::Stderr, req.id, &req.stderr_buf);
+            req.stderr_used = true;
+        }
+        if req.stderr_used {
+            fcgi::encode_end_of_stream(out, RecordType::Stderr, req.id);
+        }
+        fcgi::encode_end_of_stream(out, RecordType::Stdout, req.id);
+        fcgi::encode_end_request(out, req.id, 0, ProtocolStatus::RequestComplete);
+        self.codec.end_request(req.id);
+        if !req.keep_conn {
+            self.close_when_idle = true;
+        }
+        Some(Ended {
+            id: req.id,
+            body,
+            tail,
+            keep: !self.reqs.is_empty() || !self.close_when_idle,
+        })
+    }
 }
 
 /// Body bytes read for the app: slices of the received records, not copied, until they

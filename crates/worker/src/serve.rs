@@ -30,7 +30,7 @@
 //! KeyboardInterrupt) is treated like SIGQUIT. Every blocking call (poll, accept, read,
 //! write) runs with the GIL released.
 
-use crate::conn::{Capacity, Conn, ConnError, Shared, Socket, fill, lock, share};
+use crate::conn::{Capacity, Conn, ConnError, Shared, Socket, fill, lock, share, try_lock};
 use crate::log::{Level, log};
 use crate::parking::{Held, Parking, Ready, readable_now};
 use crate::watcher::{ReadyQueue, Watcher};
@@ -762,18 +762,45 @@ fn wait_for_request(
     }
 }
 
-/// The usual end of a kept-alive request: nothing left to read, decode or serve on the
-/// connection and no stop requested, so [`wait_for_request`] would hold it without
-/// blocking. Checked with the GIL kept, which saves releasing and taking it again; the
-/// socket to hold, or `None` for [`wait_for_request`] to decide.
-fn idle_between_requests(shared: &Shared, stop: &Stop) -> Option<RawFd> {
-    let mut conn = lock(shared);
-    let idle = conn.is_idle()
-        && conn.failure().is_none()
-        && !conn.has_buffered_input()
-        && !conn.may_have_unread()
-        && !stop.requested();
-    idle.then(|| conn.raw_fd()).flatten()
+/// [`wait_for_request`]'s usual cases, none of which blocks, decided with the GIL kept
+/// (releasing and taking it again costs more than the rest of the decision): a
+/// request that arrived whole (`read_now`: read it first, without waiting, and clear
+/// the flag), the end of the connection, or (not `first`) nothing left to read,
+/// decode or serve, so the connection is held. `None`: anything else, for
+/// [`wait_for_request`] to handle: a stop, a request arriving in pieces, requests of
+/// the connection in service elsewhere, or its mutex taken (it is only waited for with
+/// the GIL released, see [`crate::conn`]).
+fn without_blocking(
+    shared: &Shared,
+    stop: &Stop,
+    first: bool,
+    read_now: &mut bool,
+) -> Option<Result<Wait, ConnError>> {
+    if stop.requested() {
+        return None;
+    }
+    let mut conn = try_lock(shared)?;
+    if conn.reading() || !conn.is_idle() {
+        return None;
+    }
+    if let Err(e) = conn.process_events() {
+        return Some(Err(e));
+    }
+    if let Some(token) = conn.claim_ready() {
+        return Some(Ok(Wait::Ready(token)));
+    }
+    if std::mem::take(read_now) {
+        let (mut conn, filled) = fill(shared, conn, true);
+        return match filled {
+            Err(e) => Some(Err(e)),
+            Ok(false) => Some(Ok(Wait::Closed)),
+            Ok(true) => conn.claim_ready().map(|token| Ok(Wait::Ready(token))),
+        };
+    }
+    let idle =
+        !first && conn.failure().is_none() && !conn.has_buffered_input() && !conn.may_have_unread();
+    idle.then(|| conn.raw_fd().map(|fd| Ok(Wait::Hold(fd))))
+        .flatten()
 }
 
 /// Block until `fd` has data (or end of file) to read.
@@ -843,11 +870,8 @@ fn drive(
             Some(token) => token,
             None => {
                 let stopping = worker.stop.requested();
-                let held_at_once = (!first && !read_now)
-                    .then(|| idle_between_requests(shared, &worker.stop))
-                    .flatten();
-                let waited = match held_at_once {
-                    Some(fd) => Ok(Wait::Hold(fd)),
+                let waited = match without_blocking(shared, &worker.stop, first, &mut read_now) {
+                    Some(waited) => waited,
                     None => py.detach(|| {
                         wait_for_request(
                             shared,

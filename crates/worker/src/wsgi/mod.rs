@@ -31,7 +31,7 @@ pub mod file_wrapper;
 pub mod input;
 pub mod start_response;
 
-use crate::conn::{ConnError, OpError, Shared, lock};
+use crate::conn::{Conn, ConnError, Ending, OpError, Shared, lock, try_lock};
 use crate::log::{Level, log};
 use crate::monitor::Monitor;
 use crate::serve::Worker;
@@ -413,7 +413,10 @@ fn call_close(result: &Bound<'_, PyAny>) -> PyResult<()> {
 
 /// The normal end: `body` (a whole response body [`stream`] left to send), then
 /// END_REQUEST, then keep or close the connection. Blocking I/O (draining the body,
-/// writing), so the GIL is released.
+/// writing) runs with the GIL released; but a response already in the output buffer,
+/// whose request body was read to its end, is first written without blocking, with
+/// the GIL kept (see [`crate::conn::finish_now`]), and the GIL is only released if the
+/// socket did not take all of it.
 fn finish(
     py: Python<'_>,
     shared: &Shared,
@@ -421,12 +424,38 @@ fn finish(
     ctx: &Context<'_>,
     body: Option<&Py<PyBytes>>,
 ) -> Outcome {
+    if body.is_none()
+        && let Some(mut conn) = try_lock(shared)
+    {
+        match crate::conn::finish_now(&mut conn, seq) {
+            Some(Ending::Done(finished)) => return ended(conn, ctx, finished),
+            Some(Ending::Flushing(keep)) => {
+                drop(conn);
+                return py.detach(|| {
+                    let mut conn = lock(shared);
+                    let finished = conn.flush_rest().map(|()| keep);
+                    ended(conn, ctx, finished)
+                });
+            }
+            None => {}
+        }
+    }
     let body: &[u8] = body.map_or(&[], |b| b.as_bytes(py));
     py.detach(|| finish_detached(shared, seq, ctx, body))
 }
 
 fn finish_detached(shared: &Shared, seq: u64, ctx: &Context<'_>, body: &[u8]) -> Outcome {
-    let (mut conn, finished) = crate::conn::finish_request(shared, seq, body);
+    let (conn, finished) = crate::conn::finish_request(shared, seq, body);
+    ended(conn, ctx, finished)
+}
+
+/// Keep or close the connection once a request's end was sent (`finished`: whether it
+/// stays open), logging a failure.
+fn ended(
+    mut conn: std::sync::MutexGuard<'_, Conn>,
+    ctx: &Context<'_>,
+    finished: Result<bool, ConnError>,
+) -> Outcome {
     match finished {
         Ok(true) => Outcome::Keep,
         Ok(false) => {
