@@ -44,7 +44,6 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use scoreboard::SlotState;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Turn a failed operation of a request object into the Python exception the app sees.
 pub(crate) fn op_error(err: OpError) -> PyErr {
@@ -729,22 +728,15 @@ pub(crate) fn flush_std_streams(py: Python<'_>) {
     else {
         return;
     };
-    let skip_originals = ORIGINALS_UNBUFFERED.load(Ordering::Relaxed);
+    let originals = UNBUFFERED_ORIGINALS.get(py);
     for (name, original) in [
-        (pyo3::intern!(py, "stdout"), pyo3::intern!(py, "__stdout__")),
-        (pyo3::intern!(py, "stderr"), pyo3::intern!(py, "__stderr__")),
+        (pyo3::intern!(py, "stdout"), originals.map(|o| &o[0])),
+        (pyo3::intern!(py, "stderr"), originals.map(|o| &o[1])),
     ] {
         let Ok(Some(stream)) = sys.get_item(name) else {
             continue;
         };
-        if stream.is_none()
-            || (skip_originals
-                && sys
-                    .get_item(original)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|o| o.is(&stream)))
-        {
+        if stream.is_none() || original.is_some_and(|o| stream.is(o)) {
             continue;
         }
         let _ = stream.call_method0(pyo3::intern!(py, "flush"));
@@ -754,23 +746,24 @@ pub(crate) fn flush_std_streams(py: Python<'_>) {
 /// The `sys` module's dict (the interpreter's, for its whole life).
 static SYS_DICT: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
 
-/// `sys.__stdout__` and `sys.__stderr__` write straight through to their fds (the
-/// manager starts workers with PYTHONUNBUFFERED=1), so while the app has not replaced
-/// `sys.stdout` / `sys.stderr` there is nothing to flush after a request.
-static ORIGINALS_UNBUFFERED: AtomicBool = AtomicBool::new(false);
+/// The original `sys.__stdout__` and `sys.__stderr__`, when both write straight through
+/// to their fds (the manager starts workers with PYTHONUNBUFFERED=1): while the app has
+/// not replaced `sys.stdout` / `sys.stderr` with something else there is nothing to
+/// flush after a request. Unset (flush whatever is there) until checked.
+static UNBUFFERED_ORIGINALS: PyOnceLock<[Py<PyAny>; 2]> = PyOnceLock::new();
 
 /// At start-up: check that the original `sys.__stdout__` and `sys.__stderr__` buffer
 /// nothing (text layer `write_through`, over a raw `FileIO`), which lets the flush after
 /// each request skip them.
 pub fn note_std_streams(py: Python<'_>) {
-    let unbuffered = |name: &str| -> PyResult<bool> {
-        let sys = py.import("sys")?;
-        let stream = sys.getattr(name)?;
+    let unbuffered = |name: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
+        let stream = py.import("sys")?.getattr(name)?;
         let raw = py.import("io")?.getattr("FileIO")?;
-        Ok(stream.getattr("write_through")?.is_truthy()?
-            && stream.getattr("buffer")?.get_type().is(&raw))
+        let through = stream.getattr("write_through")?.is_truthy()?
+            && stream.getattr("buffer")?.get_type().is(&raw);
+        Ok(through.then_some(stream))
     };
-    let both =
-        unbuffered("__stdout__").unwrap_or(false) && unbuffered("__stderr__").unwrap_or(false);
-    ORIGINALS_UNBUFFERED.store(both, Ordering::Relaxed);
+    if let (Ok(Some(out)), Ok(Some(err))) = (unbuffered("__stdout__"), unbuffered("__stderr__")) {
+        let _ = UNBUFFERED_ORIGINALS.set(py, [out.unbind(), err.unbind()]);
+    }
 }
