@@ -7,7 +7,10 @@
 //! never an error, so records may be split at any byte.
 //!
 //! Record content is handed out as [`bytes::Bytes`] views of the read buffer, not copies;
-//! a request's PARAMS are copied only when they arrive in more than one record.
+//! a request's PARAMS are copied only when they arrive in more than one record. On the
+//! server side a large STDIN or DATA record arriving in parts is handed out in parts
+//! (so a stream's pieces need not match its records), which spares the reader moving a
+//! partly received record into a new buffer.
 //!
 //! Module map:
 //! - [`record`]: record header and framing (nom), the record-type/role/status enums.
@@ -62,7 +65,9 @@ pub use body::{BeginRequestBody, EndRequestBody};
 pub use client::{ClientConnection, ClientEvent};
 pub use encode::*;
 pub use nv::{NameValueIter, Params, same_bytes};
-pub use record::{Header, ProtocolStatus, Record, RecordDecoder, RecordType, Role};
+pub use record::{
+    Header, ProtocolStatus, Record, RecordDecoder, RecordType, Role, SPLIT_INPUT_MIN,
+};
 pub use server::{Event, ServerConfig, ServerConnection};
 
 /// The only protocol version defined (FCGI_VERSION_1).

@@ -177,7 +177,7 @@ impl ServerConnection {
             // preallocated buffer would only be reallocated, and realloc copies the old
             // capacity: 16 KiB copied per connection was 15% of a small request's cost.
             buf: BytesMut::new(),
-            decoder: RecordDecoder::new(),
+            decoder: RecordDecoder::splitting_input(),
             requests: IdMap::default(),
             active: 0,
             failed: None,
@@ -406,15 +406,21 @@ impl ServerConnection {
         }))
     }
 
+    /// Whether the connection is inside a record: bytes of one are buffered, or part of
+    /// one was returned (see [`RecordDecoder::splitting_input`]) and the rest is due.
+    pub fn mid_record(&self) -> bool {
+        self.decoder.mid_record(&self.buf)
+    }
+
     /// Call when the peer closed its end: `Err(TruncatedRecord)` if a partial record is
     /// pending, `Ok(())` if the connection ended on a record boundary. Call it after
     /// [`poll_event`](Self::poll_event) has returned `Ok(None)`: any bytes still buffered
     /// then are an unfinished record.
     pub fn receive_eof(&mut self) -> Result<(), DecodeError> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
+        if self.mid_record() {
             Err(DecodeError::TruncatedRecord(self.buf.len()))
+        } else {
+            Ok(())
         }
     }
 

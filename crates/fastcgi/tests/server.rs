@@ -163,6 +163,49 @@ fn params_larger_than_the_limit_are_errors() {
     assert_eq!(error_of(&config, &three), too_large);
 }
 
+/// A large STDIN record arriving in two parts is handed out as it comes (see
+/// `RecordDecoder::splitting_input`); an end of file between the parts is still a
+/// truncated record, though no byte of it is left buffered.
+#[test]
+fn a_large_input_record_comes_out_in_parts_and_eof_inside_it_is_truncation() {
+    let body = vec![b'b'; 3 * SPLIT_INPUT_MIN];
+    let w = wire(|o| {
+        begin_with_params(o, 1);
+        encode_stream(o, RecordType::Stdin, 1, &body);
+        encode_end_of_stream(o, RecordType::Stdin, 1);
+    });
+    let cut = w.len() - 8 - SPLIT_INPUT_MIN;
+    let mut conn = ServerConnection::new(ServerConfig::default());
+    conn.receive(&w[..cut]);
+    let mut events = Vec::new();
+    drain_server(&mut conn, &mut events).unwrap();
+    let stdin_len = |events: &[Event]| -> Vec<usize> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Stdin { data, .. } => Some(data.len()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        stdin_len(&events),
+        [2 * SPLIT_INPUT_MIN],
+        "the part received so far"
+    );
+    assert!(conn.read_buf().is_empty());
+    assert!(conn.mid_record());
+    assert_eq!(conn.receive_eof(), Err(DecodeError::TruncatedRecord(0)));
+    conn.receive(&w[cut..]);
+    drain_server(&mut conn, &mut events).unwrap();
+    assert_eq!(
+        stdin_len(&events),
+        [2 * SPLIT_INPUT_MIN, SPLIT_INPUT_MIN, 0]
+    );
+    assert!(!conn.mid_record());
+    assert_eq!(conn.receive_eof(), Ok(()));
+}
+
 #[test]
 fn truncated_eof_is_reported_and_clean_eof_is_not() {
     let w = wire(|o| begin_with_params(o, 1));

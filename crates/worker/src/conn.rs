@@ -675,10 +675,11 @@ impl Conn {
             .is_some_and(|s| s.filled_buffer.load(Ordering::Relaxed))
     }
 
-    /// True when the read buffer holds bytes not yet turned into events (always false
-    /// while a reader has the buffer).
+    /// True when the read buffer holds bytes not yet turned into events, or a record
+    /// was returned in part (its rest is still to come): the connection is then not
+    /// between records. Always false while a reader has the buffer.
     pub fn has_buffered_input(&mut self) -> bool {
-        !self.codec.read_buf().is_empty()
+        self.codec.mid_record()
     }
 
     /// Put bytes read from the socket by someone else (a connection handed over by the
