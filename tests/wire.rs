@@ -562,6 +562,42 @@ fn keep_conn_serves_several_requests_on_one_connection() {
     }
 }
 
+/// The worker reuses a request's wsgi.input, wsgi.errors and start_response for the
+/// next request, but only when the app kept none of them: objects an app stored stay
+/// bound to their own, finished request, and a stale `write` never reaches the current
+/// response.
+#[test]
+fn objects_an_app_keeps_stay_with_their_request() {
+    let s = serve("keeper:application");
+    let ids = |r: &fcgi::CgiResponse| r.json()["ids"].clone();
+    for addr in &s.addrs {
+        let first = fcgi::request(addr, &Request::get("/plain"));
+        let second = fcgi::request(addr, &Request::get("/plain"));
+        assert_eq!(
+            ids(&first),
+            ids(&second),
+            "{addr}: unkept objects are reused"
+        );
+        let kept = fcgi::request(addr, &Request::get("/keep"));
+        assert_eq!(kept.status, 200, "{addr}");
+        let r = fcgi::request(addr, &Request::get("/stale"));
+        assert_eq!(r.status, 200, "{addr}");
+        let v = r.json();
+        for key in ["same_input", "same_errors", "same_start"] {
+            assert_eq!(v[key], false, "{addr}: {key}: {v}");
+        }
+        assert_ne!(v["write"], "ok", "{addr}: a finished request's write: {v}");
+        assert_ne!(v["ids"], ids(&kept), "{addr}");
+        // The write callable alone kept: start_response is not reused either, since
+        // it returns the same write.
+        fcgi::request(addr, &Request::get("/keep?only=write"));
+        let v = fcgi::request(addr, &Request::get("/stale")).json();
+        assert_ne!(v["write"], "ok", "{addr}: a finished request's write: {v}");
+        let after = fcgi::request(addr, &Request::get("/plain"));
+        assert_eq!(after.status, 200, "{addr}");
+    }
+}
+
 /// A kept connection's next request sent right behind one whose bytes end exactly where
 /// the worker's read of them ends (64 KiB): after the first response nothing new
 /// arrives to wake the worker, so it must read on before it goes back to waiting.

@@ -5,6 +5,7 @@
 //! `flush()`, 8 KiB or the end of the request, so a traceback written line by line
 //! becomes one web-server log entry.
 
+use super::reuse::Binding;
 use crate::conn::{Shared, lock};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -13,16 +14,21 @@ use pyo3::types::PyString;
 /// The `wsgi.errors` stream of one request.
 #[pyclass(module = "pyfpm_worker", name = "Errors", frozen)]
 pub struct Errors {
-    /// The connection of the request.
-    conn: Shared,
-    /// The request this stream belongs to (its token, see `conn::Request::token`).
-    seq: u64,
+    /// The connection and the request this stream belongs to.
+    binding: Binding,
 }
 
 impl Errors {
     /// The error stream of the request `seq` on `conn`.
     pub fn new(conn: Shared, seq: u64) -> Self {
-        Errors { conn, seq }
+        Errors {
+            binding: Binding::new(conn, seq),
+        }
+    }
+
+    /// Its request (see [`super::reuse`]).
+    pub fn binding(&self) -> &Binding {
+        &self.binding
     }
 }
 
@@ -51,11 +57,11 @@ impl Errors {
         to_sys_stderr(py, text);
         let utf8 = text.to_cow()?;
         let len = utf8.chars().count();
-        let (conn, seq) = (&self.conn, self.seq);
+        let (conn, seq) = self.binding.get();
         let bytes = utf8.as_bytes();
         // A finished request or a broken connection only loses the FCGI_STDERR copy;
         // the text already reached the worker's stderr.
-        let _ = py.detach(|| lock(conn).write_stderr(seq, bytes));
+        let _ = py.detach(|| lock(&conn).write_stderr(seq, bytes));
         Ok(len)
     }
 
@@ -74,8 +80,8 @@ impl Errors {
                 let _ = stderr.call_method0("flush");
             }
         }
-        let (conn, seq) = (&self.conn, self.seq);
-        let _ = py.detach(|| lock(conn).flush_stderr(seq));
+        let (conn, seq) = self.binding.get();
+        let _ = py.detach(|| lock(&conn).flush_stderr(seq));
         Ok(())
     }
 }

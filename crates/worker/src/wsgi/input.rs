@@ -10,6 +10,7 @@
 //! raises `ConnectionAbortedError`.
 
 use super::op_error;
+use super::reuse::Binding;
 use crate::conn::{InputStream, Shared, read_input};
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -19,10 +20,8 @@ use std::mem::MaybeUninit;
 /// The `wsgi.input` stream of one request.
 #[pyclass(module = "pyfpm_worker", name = "Input", frozen)]
 pub struct Input {
-    /// The connection the body arrives on.
-    conn: Shared,
-    /// The request this stream belongs to (its token, see `conn::Request::token`).
-    seq: u64,
+    /// The connection the body arrives on, and the request this stream belongs to.
+    binding: Binding,
     /// Which FastCGI stream it reads.
     stream: InputStream,
 }
@@ -31,8 +30,7 @@ impl Input {
     /// The body stream of the request `seq` on `conn`.
     pub fn new(conn: Shared, seq: u64) -> Self {
         Input {
-            conn,
-            seq,
+            binding: Binding::new(conn, seq),
             stream: InputStream::Stdin,
         }
     }
@@ -40,10 +38,14 @@ impl Input {
     /// The FCGI_DATA stream (filter role) of the request `seq` on `conn`.
     pub fn data(conn: Shared, seq: u64) -> Self {
         Input {
-            conn,
-            seq,
+            binding: Binding::new(conn, seq),
             stream: InputStream::Data,
         }
+    }
+
+    /// Its request (see [`super::reuse`]).
+    pub fn binding(&self) -> &Binding {
+        &self.binding
     }
 
     /// Read (GIL released) and make the bytes object: the body is copied once, from
@@ -54,9 +56,9 @@ impl Input {
         max: Option<usize>,
         line: bool,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let (conn, seq, stream) = (&self.conn, self.seq, self.stream);
+        let ((conn, seq), stream) = (self.binding.get(), self.stream);
         let chunks = py
-            .detach(|| read_input(conn, seq, stream, max, line))
+            .detach(|| read_input(&conn, seq, stream, max, line))
             .map_err(op_error)?;
         uninit_bytes(py, chunks.len(), |dst| chunks.copy_to(dst))
     }

@@ -29,6 +29,7 @@ pub mod environ;
 pub mod errors;
 pub mod file_wrapper;
 pub mod input;
+pub mod reuse;
 pub mod start_response;
 
 use crate::conn::{Conn, ConnError, Ending, OpError, Shared, lock, try_lock};
@@ -214,9 +215,8 @@ fn serve_request(
     seq: u64,
 ) -> Outcome {
     let built = (|| -> PyResult<_> {
-        let input = Bound::new(py, input::Input::new(shared.clone(), seq))?.into_any();
-        let errors = Bound::new(py, errors::Errors::new(shared.clone(), seq))?.into_any();
-        let start = Bound::new(py, start_response::StartResponse::new(shared.clone(), seq))?;
+        let (input, errors, start) = reuse::request_objects(py, shared, seq)?;
+        let (input, errors) = (input.into_any(), errors.into_any());
         let data = match role {
             fastcgi::Role::Filter => {
                 Some(Bound::new(py, input::Input::data(shared.clone(), seq))?.into_any())

@@ -6,6 +6,7 @@
 //! non-empty body chunk, so a later `start_response(..., exc_info)` can still replace it.
 
 use super::op_error;
+use super::reuse::Binding;
 use crate::conn::{Conn, Shared, lock, try_lock};
 use crate::http::{HeaderBlock, validate_status};
 use pyo3::exceptions::{PyAssertionError, PyTypeError, PyValueError};
@@ -64,16 +65,35 @@ pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
 /// The `start_response` callable of one request.
 #[pyclass(module = "pyfpm_worker", name = "StartResponse", frozen)]
 pub struct StartResponse {
-    /// The connection of the request.
-    conn: Shared,
-    /// The request this callable belongs to (its token, see `conn::Request::token`).
-    seq: u64,
+    /// The connection and the request this callable belongs to.
+    binding: Binding,
+    /// The `write` callable every call returns.
+    write: Py<Write>,
 }
 
 impl StartResponse {
     /// The `start_response` of the request `seq` on `conn`.
-    pub fn new(conn: Shared, seq: u64) -> Self {
-        StartResponse { conn, seq }
+    pub fn new(py: Python<'_>, conn: Shared, seq: u64) -> PyResult<Self> {
+        let write = Py::new(
+            py,
+            Write {
+                binding: Binding::new(conn.clone(), seq),
+            },
+        )?;
+        Ok(StartResponse {
+            binding: Binding::new(conn, seq),
+            write,
+        })
+    }
+
+    /// Its request (see [`super::reuse`]).
+    pub fn binding(&self) -> &Binding {
+        &self.binding
+    }
+
+    /// The `write` callable it returns.
+    pub fn write(&self) -> &Py<Write> {
+        &self.write
     }
 }
 
@@ -154,8 +174,9 @@ impl StartResponse {
         status: &Bound<'_, PyAny>,
         headers: &Bound<'_, PyAny>,
         exc_info: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Write> {
-        let (conn, seq) = (&self.conn, self.seq);
+    ) -> PyResult<Py<Write>> {
+        let (conn, seq) = self.binding.get();
+        let conn = &conn;
         let (started, sent) =
             with_conn(py, conn, |conn| conn.response_state(seq)).map_err(op_error)?;
         let has_exc_info = match exc_info {
@@ -181,20 +202,22 @@ impl StartResponse {
         }
         let (block, code) = encode_headers(status, headers)?;
         with_conn(py, conn, |conn| conn.set_headers(seq, block, code)).map_err(op_error)?;
-        Ok(Write {
-            conn: self.conn.clone(),
-            seq: self.seq,
-        })
+        Ok(self.write.clone_ref(py))
     }
 }
 
 /// The `write(data)` callable: sends body bytes at once (the old imperative API).
 #[pyclass(module = "pyfpm_worker", name = "Write", frozen)]
 pub struct Write {
-    /// The connection of the request.
-    conn: Shared,
-    /// The request this callable belongs to.
-    seq: u64,
+    /// The connection and the request this callable belongs to.
+    binding: Binding,
+}
+
+impl Write {
+    /// Its request (see [`super::reuse`]).
+    pub fn binding(&self) -> &Binding {
+        &self.binding
+    }
 }
 
 #[pymethods]
@@ -207,8 +230,8 @@ impl Write {
             ))
         })?;
         let bytes = data.as_bytes();
-        let (conn, seq) = (&self.conn, self.seq);
-        py.detach(|| lock(conn).send_body(seq, bytes, true))
+        let (conn, seq) = self.binding.get();
+        py.detach(|| lock(&conn).send_body(seq, bytes, true))
             .map_err(op_error)
     }
 }
