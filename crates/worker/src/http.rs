@@ -4,6 +4,7 @@
 //! at the bottom can be built into a test binary that does not load the extension
 //! (`crates/worker/tests/pure.rs` includes this file).
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Why a WSGI status line was refused.
@@ -306,11 +307,11 @@ pub fn parse_content_length(value: &[u8]) -> Option<u64> {
 
 /// Text from the wire made safe for a log line: invalid UTF-8 replaced, control
 /// characters written as `\xNN`, so a request cannot forge or split log lines.
-pub fn log_safe(bytes: &[u8]) -> String {
+/// Printable ASCII, the usual method and URI, is borrowed as it is.
+pub fn log_safe(bytes: &[u8]) -> Cow<'_, str> {
     if bytes.iter().all(|&b| (0x20..0x7f).contains(&b)) {
-        // Printable ASCII, the usual method and URI: nothing to replace or escape.
         if let Ok(text) = std::str::from_utf8(bytes) {
-            return text.to_owned();
+            return Cow::Borrowed(text);
         }
     }
     let text = String::from_utf8_lossy(bytes);
@@ -322,7 +323,7 @@ pub fn log_safe(bytes: &[u8]) -> String {
             out.push(c);
         }
     }
-    out
+    Cow::Owned(out)
 }
 
 #[cfg(test)]

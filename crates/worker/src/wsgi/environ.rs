@@ -25,6 +25,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyString, PyTuple, PyType};
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::mem::ManuallyDrop;
 
@@ -32,9 +33,9 @@ use std::mem::ManuallyDrop;
 #[derive(Debug)]
 pub struct RequestInfo<'p> {
     /// REQUEST_METHOD, escaped for log lines (see `http::log_safe`).
-    pub method: String,
+    pub method: Cow<'p, str>,
     /// REQUEST_URI (or the path and query), escaped for log lines.
-    pub uri: String,
+    pub uri: Cow<'p, str>,
     /// REMOTE_ADDR, when given and not empty.
     pub client: Option<&'p [u8]>,
     /// CONTENT_LENGTH, when present and valid: the most `wsgi.input` returns.
@@ -692,7 +693,7 @@ fn build_with<'py, 'p>(
         _ => {
             let get = intern!(py, "GET").as_any();
             items.push(Item::fixed(intern!(py, "REQUEST_METHOD"), get, true));
-            "GET".to_string()
+            Cow::Borrowed("GET")
         }
     };
     let scheme = http::url_scheme(https, request_scheme);
@@ -789,7 +790,7 @@ fn build_with<'py, 'p>(
                 uri.push(b'?');
                 uri.extend_from_slice(q);
             }
-            http::log_safe(&uri)
+            Cow::Owned(http::log_safe(&uri).into_owned())
         }
     };
     Ok((
