@@ -866,24 +866,7 @@ impl Conn {
         if self.out.is_empty() {
             return Ok(true);
         }
-        if let Some(err) = &self.failure {
-            self.out.clear();
-            return Err(err.clone());
-        }
-        let Some(sock) = self.sock.as_ref() else {
-            self.out.clear();
-            return Err(ConnError::Closed);
-        };
-        match sock.send_now(&self.out) {
-            Ok(n) => {
-                bytes::Buf::advance(&mut self.out, n);
-                Ok(self.out.is_empty())
-            }
-            Err(e) => {
-                self.out.clear();
-                Err(self.fail(ConnError::io("writing to the web server", e)))
-            }
-        }
+        self.write_some_out(|sock, out| sock.send_now(out))
     }
 
     /// Write the rest of a response [`finish_now`] left buffered (blocking).
@@ -920,6 +903,16 @@ impl Conn {
         &mut self,
         write: impl FnOnce(&Socket, &[u8]) -> io::Result<()>,
     ) -> Result<(), ConnError> {
+        self.write_some_out(|sock, out| write(sock, out).map(|()| out.len()))
+            .map(|_| ())
+    }
+
+    /// [`Conn::write_out`] for a `write` that may send only part of the buffer (it
+    /// returns how much): the rest stays buffered. `Ok(true)` when nothing is left.
+    fn write_some_out(
+        &mut self,
+        write: impl FnOnce(&Socket, &[u8]) -> io::Result<usize>,
+    ) -> Result<bool, ConnError> {
         if let Some(err) = &self.failure {
             self.out.clear();
             return Err(err.clone());
@@ -928,9 +921,20 @@ impl Conn {
             self.out.clear();
             return Err(ConnError::Closed);
         };
-        let result = write(sock, &self.out);
-        self.out.clear();
-        result.map_err(|e| self.fail(ConnError::io("writing to the web server", e)))
+        match write(sock, &self.out) {
+            Ok(n) if n >= self.out.len() => {
+                self.out.clear();
+                Ok(true)
+            }
+            Ok(n) => {
+                bytes::Buf::advance(&mut self.out, n);
+                Ok(false)
+            }
+            Err(e) => {
+                self.out.clear();
+                Err(self.fail(ConnError::io("writing to the web server", e)))
+            }
+        }
     }
 
     /// The request in service with FastCGI id `id`.
