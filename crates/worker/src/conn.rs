@@ -659,6 +659,17 @@ impl Conn {
         Ok(())
     }
 
+    /// The driving thread stops driving the connection without holding it (its other
+    /// requests are in service elsewhere; see `serve::Wait::Leave`). Its epoll
+    /// registration goes too: the thread's set would report the connection's edges
+    /// while nobody there watches for them, and the next thread to hold it registers it
+    /// anew, which reports bytes that arrived meanwhile. Were the registration kept, the
+    /// same thread holding it again later would wait for an edge it had consumed.
+    pub fn leave(&mut self) {
+        self.driver = false;
+        self.deregister();
+    }
+
     /// Remove the socket's epoll registration, if any.
     fn deregister(&mut self) {
         if let (Some(epfd), Some(fd)) = (self.registered.take(), self.raw_fd()) {

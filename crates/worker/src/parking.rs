@@ -12,12 +12,14 @@
 //! A held connection is registered edge-triggered, once: the registration stays while
 //! the connection goes out to be served and comes back, so holding it again costs no
 //! system call. It leaves the set only when the connection closes (parking closes
-//! this worker's copy) or another thread holds it (see [`Conn::register_with`]). An
-//! edge that comes while the connection is out (its request being served) is reported
-//! by the next wait and ignored: [`Held::take`] finds nothing. The bytes behind an
-//! edge are read when the connection is next taken, and a connection whose last read
-//! filled its buffer is read again before it is held ([`Conn::may_have_unread`]), so
-//! no bytes wait in a held socket without an edge to come.
+//! this worker's copy), when another thread holds it (see [`Conn::register_with`]), or
+//! when its thread leaves it to the threads serving its other requests
+//! ([`Conn::leave`]). An edge that comes while the connection is out (its request
+//! being served) is reported by the next wait and ignored: [`Held::take`] finds
+//! nothing. The bytes behind an edge are read when the connection is next taken, and a
+//! connection whose last read filled its buffer is read again before it is held
+//! ([`Conn::may_have_unread`]), so no bytes wait in a held socket without an edge to
+//! come.
 //!
 //! What a held connection could still wait for is its thread, busy with another
 //! request. The connection watcher ([`crate::watcher`]) looks at the held sets every

@@ -700,7 +700,7 @@ fn wait_for_request(
             // for idempotent methods on a cached connection), so it is served first.
             if stop.requested() {
                 if !idle {
-                    conn.driver = false;
+                    conn.leave();
                     return Ok(Wait::Leave);
                 }
                 if first {
@@ -729,7 +729,7 @@ fn wait_for_request(
                 if idle {
                     return Ok(Wait::Hold(fd));
                 }
-                conn.driver = false;
+                conn.leave();
                 return Ok(Wait::Leave);
             }
         }
