@@ -52,6 +52,33 @@ struct Set {
     start: Py<StartResponse>,
 }
 
+/// The objects as the request's code uses them.
+type Objects<'py> = (
+    Bound<'py, Input>,
+    Bound<'py, Errors>,
+    Bound<'py, StartResponse>,
+);
+
+impl Set {
+    /// New objects for request `seq` of `conn`.
+    fn new(py: Python<'_>, conn: &Shared, seq: u64) -> PyResult<Set> {
+        Ok(Set {
+            input: Py::new(py, Input::new(conn.clone(), seq))?,
+            errors: Py::new(py, Errors::new(conn.clone(), seq))?,
+            start: Py::new(py, StartResponse::new(py, conn.clone(), seq)?)?,
+        })
+    }
+
+    /// New references to the three, for the request.
+    fn bind<'py>(&self, py: Python<'py>) -> Objects<'py> {
+        (
+            self.input.bind(py).clone(),
+            self.errors.bind(py).clone(),
+            self.start.bind(py).clone(),
+        )
+    }
+}
+
 thread_local! {
     /// The set the thread made last. ManuallyDrop: never dropped, so no object is
     /// released after the interpreter has finalized at exit.
@@ -68,23 +95,11 @@ fn unshared<T>(_py: Python<'_>, obj: &Py<T>) -> bool {
 
 /// `wsgi.input`, `wsgi.errors` and `start_response` for request `seq` of `conn`: the
 /// thread's previous ones rebound where nothing else holds them, new ones otherwise.
-pub fn request_objects<'py>(
-    py: Python<'py>,
-    conn: &Shared,
-    seq: u64,
-) -> PyResult<(
-    Bound<'py, Input>,
-    Bound<'py, Errors>,
-    Bound<'py, StartResponse>,
-)> {
+pub fn request_objects<'py>(py: Python<'py>, conn: &Shared, seq: u64) -> PyResult<Objects<'py>> {
     LAST.with(|last| {
         let Ok(mut last) = last.try_borrow_mut() else {
             // Re-entered (nothing does): fresh objects are correct, just slower.
-            return Ok((
-                Bound::new(py, Input::new(conn.clone(), seq))?,
-                Bound::new(py, Errors::new(conn.clone(), seq))?,
-                Bound::new(py, StartResponse::new(py, conn.clone(), seq)?)?,
-            ));
+            return Set::new(py, conn, seq).map(|set| set.bind(py));
         };
         let set = match last.take() {
             Some(mut set) => {
@@ -107,17 +122,9 @@ pub fn request_objects<'py>(
                 }
                 set
             }
-            None => Set {
-                input: Py::new(py, Input::new(conn.clone(), seq))?,
-                errors: Py::new(py, Errors::new(conn.clone(), seq))?,
-                start: Py::new(py, StartResponse::new(py, conn.clone(), seq)?)?,
-            },
+            None => Set::new(py, conn, seq)?,
         };
-        let objects = (
-            set.input.bind(py).clone(),
-            set.errors.bind(py).clone(),
-            set.start.bind(py).clone(),
-        );
+        let objects = set.bind(py);
         *last = Some(set);
         Ok(objects)
     })
