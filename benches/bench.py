@@ -746,11 +746,16 @@ def md_table(rows):
     return "\n".join(out)
 
 
-def find(rows, scenario, app, c):
+def find_row(rows, scenario, app, c):
     for r in rows:
         if r["scenario"] == scenario and r["app"] == app and r["c"] == c:
-            return None if r.get("skipped") else r["agg"]
+            return None if r.get("skipped") else r
     return None
+
+
+def find(rows, scenario, app, c):
+    r = find_row(rows, scenario, app, c)
+    return r["agg"] if r else None
 
 
 def targets(rows, conns):
@@ -764,19 +769,33 @@ def targets(rows, conns):
             return None
         return x["rps"]["median"] / y["rps"]["median"]
 
-    def line(text, value, goal, better="ge"):
+    def paired(app, a, b, c=c):
+        """Each round's ratio: the two rows of one round ran minutes apart at most, so
+        these show how much of a miss or a pass is the machine's drift."""
+        x, y = find_row(rows, a, app, c), find_row(rows, b, app, c)
+        if not x or not y:
+            return ""
+        xs, ys = [r["rps"] for r in x["runs"]], [r["rps"] for r in y["runs"]]
+        if len(xs) < 2 or len(xs) != len(ys) or None in xs or not all(ys):
+            return ""
+        return "; per round %s" % ", ".join("%.2f" % (u / v) for u, v in zip(xs, ys))
+
+    def line(text, value, goal, better="ge", rounds=""):
         if value is None:
             out.append("- %s: n/a (a row is missing)" % text)
             return
         ok = value >= goal if better == "ge" else value <= goal
-        out.append("- %s: **%.2f** (target %s %.2f) %s" % (
-            text, value, "≥" if better == "ge" else "≤", goal, "met" if ok else "MISSED"))  # fmt: skip
+        out.append("- %s: **%.2f** (target %s %.2f%s) %s" % (
+            text, value, "≥" if better == "ge" else "≤", goal, rounds,
+            "met" if ok else "MISSED"))  # fmt: skip
 
     for mode in ("pyfpm", "pyfpm-keepalive"):
         line("hello c%d: %s / uwsgi-fastcgi req/s" % (c, mode),
-             ratio("hello", mode, "uwsgi-fastcgi"), 1.6)  # fmt: skip
+             ratio("hello", mode, "uwsgi-fastcgi"), 1.6,
+             rounds=paired("hello", mode, "uwsgi-fastcgi"))  # fmt: skip
         line("hello c%d: %s / granian-nginx req/s" % (c, mode),
-             ratio("hello", mode, "granian-nginx"), 1.2)  # fmt: skip
+             ratio("hello", mode, "granian-nginx"), 1.2,
+             rounds=paired("hello", mode, "granian-nginx"))  # fmt: skip
     for mode in ("pyfpm", "pyfpm-keepalive"):
         for cc in conns:
             a = find(rows, mode, "hello", cc)
@@ -785,7 +804,8 @@ def targets(rows, conns):
     for app in ("page", "echo"):
         for mode in ("pyfpm", "pyfpm-keepalive"):
             line("%s c%d: %s / uwsgi-fastcgi req/s" % (app, c, mode),
-                 ratio(app, mode, "uwsgi-fastcgi"), 1.5)  # fmt: skip
+                 ratio(app, mode, "uwsgi-fastcgi"), 1.5,
+                 rounds=paired(app, mode, "uwsgi-fastcgi"))  # fmt: skip
             x, y = find(rows, mode, app, c), find(rows, "uwsgi-fastcgi", app, c)
             if x and y:
                 out.append("- %s c%d p99: %s %.2f ms vs uwsgi-fastcgi %.2f ms (target: no worse) %s" % (
