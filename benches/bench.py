@@ -789,13 +789,13 @@ def targets(rows, conns):
             text, value, "≥" if better == "ge" else "≤", goal, rounds,
             "met" if ok else "MISSED"))  # fmt: skip
 
+    def versus(app, a, b, goal):
+        line("%s c%d: %s / %s req/s" % (app, c, a, b), ratio(app, a, b), goal,
+             rounds=paired(app, a, b))  # fmt: skip
+
     for mode in ("pyfpm", "pyfpm-keepalive"):
-        line("hello c%d: %s / uwsgi-fastcgi req/s" % (c, mode),
-             ratio("hello", mode, "uwsgi-fastcgi"), 1.6,
-             rounds=paired("hello", mode, "uwsgi-fastcgi"))  # fmt: skip
-        line("hello c%d: %s / granian-nginx req/s" % (c, mode),
-             ratio("hello", mode, "granian-nginx"), 1.2,
-             rounds=paired("hello", mode, "granian-nginx"))  # fmt: skip
+        versus("hello", mode, "uwsgi-fastcgi", 1.6)
+        versus("hello", mode, "granian-nginx", 1.2)
     for mode in ("pyfpm", "pyfpm-keepalive"):
         for cc in conns:
             a = find(rows, mode, "hello", cc)
@@ -803,9 +803,7 @@ def targets(rows, conns):
             line("backend CPU per hello request, %s c%d (µs)" % (mode, cc), v, 8.0, "le")
     for app in ("page", "echo"):
         for mode in ("pyfpm", "pyfpm-keepalive"):
-            line("%s c%d: %s / uwsgi-fastcgi req/s" % (app, c, mode),
-                 ratio(app, mode, "uwsgi-fastcgi"), 1.5,
-                 rounds=paired(app, mode, "uwsgi-fastcgi"))  # fmt: skip
+            versus(app, mode, "uwsgi-fastcgi", 1.5)
             x, y = find(rows, mode, app, c), find(rows, "uwsgi-fastcgi", app, c)
             if x and y:
                 out.append("- %s c%d p99: %s %.2f ms vs uwsgi-fastcgi %.2f ms (target: no worse) %s" % (
