@@ -529,6 +529,11 @@ def nginx_conf(ctx, scenarios):
         "    fastcgi_buffers 16 16k;",
         "    proxy_buffers 16 16k;",
         "    uwsgi_buffers 16 16k;",
+        # What contrib/nginx/pyfpm.conf recommends, for every backend alike: a response
+        # up to 16 KiB (the page) arrives in one read.
+        "    fastcgi_buffer_size 16k;",
+        "    proxy_buffer_size 16k;",
+        "    uwsgi_buffer_size 16k;",
         "    keepalive_requests 1000000;",
     ]
     for s in scenarios:
