@@ -863,8 +863,9 @@ impl Conn {
         }
     }
 
-    /// Write the output buffer.
-    fn flush(&mut self) -> Result<(), ConnError> {
+    /// Write the output buffer (blocking); also the rest of a response [`finish_now`]
+    /// left buffered.
+    pub fn flush(&mut self) -> Result<(), ConnError> {
         if self.out.is_empty() {
             return Ok(());
         }
@@ -878,11 +879,6 @@ impl Conn {
             return Ok(true);
         }
         self.write_some_out(|sock, out| sock.send_now(out))
-    }
-
-    /// Write the rest of a response [`finish_now`] left buffered (blocking).
-    pub fn flush_rest(&mut self) -> Result<(), ConnError> {
-        self.flush()
     }
 
     /// Write the output buffer, then `body` as the STDOUT records of request `id`, then
@@ -1350,7 +1346,7 @@ pub enum Ending {
     /// Sent in full: as [`finish_request`]'s result.
     Done(Result<bool, ConnError>),
     /// Ended, but part of it is still in the output buffer: send it with
-    /// [`Conn::flush_rest`]; then the connection stays open if this says so.
+    /// [`Conn::flush`]; then the connection stays open if this says so.
     Flushing(bool),
 }
 

@@ -5,9 +5,9 @@
 //! idle between its requests. A request thread that served one keeps it in its
 //! [`Held`] set and watches it, with the listeners, in the epoll set of its main loop:
 //! the connection's next request is served where its previous one was, with no system
-//! call beyond that wait (shared by whatever it finds ready), the read and the write. A thread holds any number of idle connections (up to
-//! [`MAX_HELD`]); none of them pins it, since it waits on all of them and on new
-//! connections at once.
+//! call beyond that wait (shared by whatever it finds ready), the read and the write. A
+//! thread holds any number of idle connections (up to [`MAX_HELD`]); none of them pins
+//! it, since it waits on all of them and on new connections at once.
 //!
 //! A held connection is registered edge-triggered, once: the registration stays while
 //! the connection goes out to be served and comes back, so holding it again costs no

@@ -432,7 +432,7 @@ fn finish(
                 drop(conn);
                 return py.detach(|| {
                     let mut conn = lock(shared);
-                    let finished = conn.flush_rest().map(|()| keep);
+                    let finished = conn.flush().map(|()| keep);
                     ended(conn, ctx, finished)
                 });
             }
