@@ -562,6 +562,176 @@ fn keep_conn_serves_several_requests_on_one_connection() {
     }
 }
 
+/// A small deterministic generator (xorshift64*), so that a failing sequence repeats.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    }
+
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[self.below(from.len())]
+    }
+}
+
+/// The environ is a function of the request's params alone. The worker reuses strs and
+/// whole environ templates from one request to the next (crates/worker/src/wsgi/
+/// environ.rs); none of that may let one request's values show in another's. Requests
+/// of many shapes (headers present or not, GET and POST, params left out, a repeated
+/// header, a name too long to cache, credentials, values too long to remember), four
+/// requests of each with values drawn from small pools, so that values repeat, change
+/// length and come back, go over one kept connection to one worker in three orders
+/// (grouped by shape, shuffled, grouped in reverse), each twice in a row. Each answer's
+/// environ must equal the one the same request got the first time, and hold what was
+/// sent.
+#[test]
+fn environ_depends_on_the_request_alone() {
+    let s = serve("echo:application");
+    let long = "q".repeat(200);
+    let long_query = format!("/a?{long}");
+    let long_path = format!("/{long}");
+    let long_name = format!("X-{}", "N".repeat(70));
+    let uris = [
+        "/a",
+        "/a?x=1",
+        "/bb/c?x=22",
+        "/a?x=2",
+        "/%C3%A9t%C3%A9",
+        &long_query,
+        &long_path,
+    ];
+    // PATH_INFO of each: the decoded path, its bytes as latin-1.
+    let paths = [
+        "/a",
+        "/a",
+        "/bb/c",
+        "/a",
+        &latin1("/été".as_bytes()),
+        "/a",
+        &long_path,
+    ];
+    let values = ["v1", "v22", "", &long];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut requests = Vec::new();
+    let headers = [
+        ("Accept", "HTTP_ACCEPT"),
+        ("Cookie", "HTTP_COOKIE"),
+        ("Authorization", "HTTP_AUTHORIZATION"),
+        ("X-Custom", "HTTP_X_CUSTOM"),
+    ];
+    // Ten shapes (method, headers, one odd param), four requests of each whose values
+    // differ.
+    let shapes: Vec<_> = (0..10)
+        .map(|n| {
+            let post = n % 3 == 0;
+            let present: Vec<_> = headers.iter().filter(|_| rng.below(2) == 0).collect();
+            (post, present, rng.below(9))
+        })
+        .collect();
+    for (post, present, variant) in shapes.iter().flat_map(|s| [s, s, s, s]) {
+        let method = if *post { "POST" } else { "GET" };
+        let u = rng.below(uris.len());
+        let mut req = Request::new(method, uris[u]);
+        let mut path = paths[u].to_string();
+        let mut sent: Vec<(String, String)> = vec![("REQUEST_METHOD".into(), method.into())];
+        // What the app reads: the body, cut at a CONTENT_LENGTH shorter than it.
+        let mut body_len = 0;
+        if *post {
+            body_len = rng.below(3) * 7;
+            req = req
+                .header(
+                    "Content-Type",
+                    rng.pick(&["text/plain", "application/json"]),
+                )
+                .body(vec![b'x'; body_len]);
+            if body_len > 0 && rng.below(2) == 0 {
+                body_len -= 2;
+                req = req.header("Content-Length", &body_len.to_string());
+            }
+        }
+        for (header, var) in present {
+            let value = rng.pick(&values);
+            req = req.header(header, value);
+            sent.push((var.to_string(), value.into()));
+        }
+        let port = rng.pick(&["1", "12345", "54321"]);
+        req = req.param("REMOTE_PORT", port);
+        sent.push(("REMOTE_PORT".into(), port.into()));
+        match variant {
+            0 => req = req.remove_param("SERVER_NAME").remove_param("SERVER_PORT"),
+            1 => req = req.param("HTTPS", "on"),
+            2 => req = req.param("HTTP_PROXY", "http://evil.example"),
+            3 => req = req.param("HTTP_X_DUP", "a").param("HTTP_X_DUP", "b"),
+            4 => req = req.header(&long_name, "long name"),
+            5 => req = req.remove_param("QUERY_STRING"),
+            6 => {
+                // Split the CGI way, each part short, the whole path long.
+                let (script, info) = (format!("/{}", &long[..100]), format!("/{}", &long[..90]));
+                path = format!("{script}{info}");
+                req = req.param("SCRIPT_NAME", &script).param("PATH_INFO", &info);
+            }
+            _ => {}
+        }
+        let query = match req.params().iter().any(|(k, _)| k == b"QUERY_STRING") {
+            true => uris[u].split_once('?').map_or("", |(_, q)| q),
+            false => "",
+        };
+        sent.push(("QUERY_STRING".into(), query.into()));
+        sent.push(("PATH_INFO".into(), path));
+        sent.push(("SCRIPT_NAME".into(), String::new()));
+        sent.push(("body_len".into(), body_len.to_string()));
+        requests.push((req.keep_conn(true), sent));
+    }
+    for addr in &s.addrs {
+        let mut c = Conn::connect(addr).unwrap();
+        let mut first: Vec<Option<Value>> = vec![None; requests.len()];
+        let mut order: Vec<usize> = (0..requests.len()).collect();
+        // Grouped by shape, shuffled, then grouped again in reverse.
+        for round in 0..3 {
+            match round {
+                1 => {
+                    for i in (1..order.len()).rev() {
+                        order.swap(i, rng.below(i + 1));
+                    }
+                }
+                2 => order = (0..requests.len()).rev().collect(),
+                _ => {}
+            }
+            // Each one twice in a row: the second finds the template the first left.
+            for i in order.iter().flat_map(|&i| [i, i]) {
+                let (req, sent) = &requests[i];
+                let r = c.request(req).unwrap();
+                assert!(r.completed(), "{addr}: request {i}");
+                let v = r.cgi().json();
+                let got = serde_json::json!({"environ": v["environ"], "non_str": v["non_str"]});
+                for (var, value) in sent {
+                    let got = match var.as_str() {
+                        "body_len" => Some(v["body_len"].to_string()),
+                        _ => env_str(&v, var).map(String::from),
+                    };
+                    assert_eq!(
+                        got.as_deref(),
+                        Some(value.as_str()),
+                        "{addr}: round {round}, request {i}: {var}"
+                    );
+                }
+                assert_eq!(env_str(&v, "HTTP_PROXY"), None, "{addr}: request {i}");
+                match &first[i] {
+                    None => first[i] = Some(got),
+                    Some(want) => assert_eq!(
+                        &got, want,
+                        "{addr}: round {round}: request {i} got another environ than the first time"
+                    ),
+                }
+            }
+        }
+    }
+}
+
 /// The worker reuses a request's wsgi.input, wsgi.errors and start_response for the
 /// next request, but only when the app kept none of them: objects an app stored stay
 /// bound to their own, finished request, and a stale `write` never reaches the current

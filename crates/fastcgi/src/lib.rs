@@ -64,7 +64,7 @@ pub mod server;
 pub use body::{BeginRequestBody, EndRequestBody};
 pub use client::{ClientConnection, ClientEvent};
 pub use encode::*;
-pub use nv::{NameValueIter, Params, same_bytes};
+pub use nv::{NameValueIter, Pair, PairIter, Params, same_bytes};
 pub use record::{
     Header, ProtocolStatus, Record, RecordDecoder, RecordType, Role, SPLIT_INPUT_MIN,
 };

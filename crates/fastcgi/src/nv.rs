@@ -68,12 +68,12 @@ fn split_len(input: &[u8]) -> Option<(usize, usize)> {
     }
 }
 
-/// Split one pair off the front of `input`: `(name, value, rest)`, `None` when the pair
-/// is not all there. The same grammar as [`parse_pair`] without nom's bookkeeping:
-/// params are walked several times per request (validation, environ, look-ups), so this
-/// is on the hot path of every request.
+/// Split one pair off the front of `input`: `(pair, rest)`, `None` when the pair is not
+/// all there. The same grammar as [`parse_pair`] without nom's bookkeeping: params are
+/// walked several times per request (validation, environ, look-ups), so this is on the
+/// hot path of every request.
 #[inline]
-fn split_pair(input: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+fn split_pair(input: &[u8]) -> Option<(Pair<'_>, &[u8])> {
     let (name_len, a) = split_len(input)?;
     let (value_len, b) = split_len(&input[a..])?;
     let body = &input[a + b..];
@@ -82,9 +82,52 @@ fn split_pair(input: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
     if body.len() < end {
         return None;
     }
-    let (name, rest) = body.split_at(name_len);
-    let (value, rest) = rest.split_at(value_len);
-    Some((name, value, rest))
+    let (encoded, rest) = input.split_at(a + b + end);
+    Some((
+        Pair {
+            encoded,
+            name_at: a + b,
+            name_len,
+        },
+        rest,
+    ))
+}
+
+/// One name-value pair as it lies in the stream: the two lengths, the name's bytes, then
+/// the value's. Comparing [`Pair::encoded`] with an earlier pair's compares name and
+/// value in one go, which is how the worker tells a param unchanged since an earlier
+/// request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pair<'a> {
+    encoded: &'a [u8],
+    name_at: usize,
+    name_len: usize,
+}
+
+impl<'a> Pair<'a> {
+    /// The name.
+    #[inline]
+    pub fn name(&self) -> &'a [u8] {
+        &self.encoded[self.name_at..][..self.name_len]
+    }
+
+    /// The value.
+    #[inline]
+    pub fn value(&self) -> &'a [u8] {
+        &self.encoded[self.value_at()..]
+    }
+
+    /// The whole pair as encoded: lengths, name, value.
+    #[inline]
+    pub fn encoded(&self) -> &'a [u8] {
+        self.encoded
+    }
+
+    /// Where the value starts in [`Pair::encoded`].
+    #[inline]
+    pub fn value_at(&self) -> usize {
+        self.name_at + self.name_len
+    }
 }
 
 /// `a == b` for the short byte strings of params (names, values), without a call to
@@ -117,26 +160,55 @@ pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Iterator over the pairs of a complete, validated name-value stream.
-pub struct NameValueIter<'a> {
+pub struct PairIter<'a> {
     rest: &'a [u8],
 }
 
-impl<'a> Iterator for NameValueIter<'a> {
-    type Item = (&'a [u8], &'a [u8]);
+impl<'a> PairIter<'a> {
+    /// The encoded pairs not walked yet.
+    #[inline]
+    pub fn rest(&self) -> &'a [u8] {
+        self.rest
+    }
+
+    /// Step over the next `n` bytes, which the caller found to be whole pairs (equal to
+    /// encoded pairs it saw before). Stepping into the middle of a pair makes the next
+    /// pairs misread, never read out of bounds.
+    #[inline]
+    pub fn advance_bytes(&mut self, n: usize) {
+        self.rest = self.rest.get(n..).unwrap_or_default();
+    }
+}
+
+impl<'a> Iterator for PairIter<'a> {
+    type Item = Pair<'a>;
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         // The stream was validated by `Params::new`, so this cannot fail while bytes
         // remain; stopping is the safe answer if it ever did.
         match split_pair(self.rest) {
-            Some((name, value, rest)) => {
+            Some((pair, rest)) => {
                 self.rest = rest;
-                Some((name, value))
+                Some(pair)
             }
             None => {
                 self.rest = &[];
                 None
             }
         }
+    }
+}
+
+/// Iterator over the `(name, value)` pairs of a complete, validated name-value stream.
+pub struct NameValueIter<'a> {
+    pairs: PairIter<'a>,
+}
+
+impl<'a> Iterator for NameValueIter<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        self.pairs.next().map(|pair| (pair.name(), pair.value()))
     }
 }
 
@@ -156,7 +228,7 @@ impl Params {
         let mut rest: &[u8] = &raw;
         while !rest.is_empty() {
             match split_pair(rest) {
-                Some((_, _, r)) => rest = r,
+                Some((_, r)) => rest = r,
                 None => {
                     return Err(DecodeError::BadNameValue(
                         "a name or value length runs past the end of the stream",
@@ -169,7 +241,14 @@ impl Params {
 
     /// The pairs in the order sent (duplicates kept).
     pub fn iter(&self) -> NameValueIter<'_> {
-        NameValueIter { rest: &self.raw }
+        NameValueIter {
+            pairs: self.pairs(),
+        }
+    }
+
+    /// The pairs in the order sent, each as it lies in the stream (see [`Pair`]).
+    pub fn pairs(&self) -> PairIter<'_> {
+        PairIter { rest: &self.raw }
     }
 
     /// The value of the last pair named `name`, if any.
@@ -318,8 +397,13 @@ mod tests {
         while !rest.is_empty() {
             let fast = split_pair(rest);
             let slow = parse_pair(rest).ok();
-            assert_eq!(fast.map(|(n, v, r)| (r, (n, v))), slow);
-            let Some((_, _, r)) = fast else { break };
+            assert_eq!(fast.map(|(p, r)| (r, (p.name(), p.value()))), slow);
+            if let Some((p, r)) = fast {
+                assert_eq!(p.encoded(), &rest[..rest.len() - r.len()]);
+                assert_eq!(&p.encoded()[p.value_at()..], p.value());
+                assert!(p.encoded()[..p.value_at()].ends_with(p.name()));
+            }
+            let Some((_, r)) = fast else { break };
             rest = r;
         }
         assert_eq!(rest, &[9]);
@@ -347,6 +431,28 @@ mod tests {
         let all: Vec<_> = (&p).into_iter().collect();
         assert_eq!(all[0], (&b"A"[..], &b"1"[..]));
         assert!(Params::new(Bytes::new()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn pairs_can_be_stepped_over_as_bytes() {
+        let mut raw = Vec::new();
+        encode_pair(&mut raw, b"A", b"1");
+        encode_pair(&mut raw, b"B", &[b'v'; 200]);
+        encode_pair(&mut raw, b"C", b"3");
+        let p = Params::new(Bytes::from(raw.clone())).unwrap();
+        let mut pairs = p.pairs();
+        let first = pairs.next().unwrap();
+        assert_eq!(first.encoded(), &raw[..4]);
+        let second_len = encoded_pair_len(b"B", &[b'v'; 200]);
+        assert_eq!(pairs.rest(), &raw[4..]);
+        pairs.advance_bytes(second_len);
+        let third = pairs.next().unwrap();
+        assert_eq!((third.name(), third.value()), (&b"C"[..], &b"3"[..]));
+        assert!(pairs.rest().is_empty() && pairs.next().is_none());
+        // Stepping past the end stops the walk.
+        let mut pairs = p.pairs();
+        pairs.advance_bytes(raw.len() + 1);
+        assert!(pairs.next().is_none());
     }
 
     #[test]

@@ -13,9 +13,11 @@
 //! (which also makes the app's `environ['PATH_INFO']` a pointer comparison); each name
 //! remembers its last short value, reused while the value stays the same (most CGI
 //! variables and request headers repeat from one request to the next); and the environ
-//! itself starts as a copy of a template dict when the request has the same keys as an
-//! earlier one, so only the values that changed are set (see `Template`). Strs are
-//! immutable and each request gets its own dict, so none of this is visible to apps.
+//! itself starts as a copy of a template dict when the request's params have the same
+//! names in the same order as an earlier request's: each param is then compared with
+//! the template's as encoded bytes, and only the items whose value changed are set (see
+//! `Template`). Strs are immutable and each request gets its own dict, so none of this
+//! is visible to apps (tests/wire.rs `environ_depends_on_the_request_alone`).
 
 use crate::http;
 use fastcgi::same_bytes;
@@ -104,6 +106,20 @@ enum Kind {
 }
 
 impl Kind {
+    /// Whether the param becomes an environ item of its own name.
+    fn copied(self) -> bool {
+        !matches!(
+            self,
+            Kind::Dropped
+                | Kind::ScriptName
+                | Kind::PathInfo
+                | Kind::ContentLength
+                | Kind::ContentType
+                | Kind::HttpContentLength
+                | Kind::HttpContentType
+        )
+    }
+
     fn of(name: &[u8]) -> Kind {
         match name {
             b"HTTP_PROXY" => Kind::Dropped,
@@ -234,19 +250,107 @@ struct Entry {
     listed: (u64, u32),
 }
 
-/// An environ kept to be copied: `PyDict_Copy` clones a dict's hash table in one go,
-/// several times cheaper than inserting its ~40 items one by one (hashing, probing,
-/// three resizes), so a request whose environ has the same keys in the same order
-/// starts from a copy and only the values that differ are set.
+/// An environ kept to be copied, with the params it was made from. `PyDict_Copy` clones
+/// a dict's hash table in one go, several times cheaper than inserting its ~40 items
+/// one by one (hashing, probing, three resizes). A request whose params have the same
+/// names in the same order (its *shape*) starts from a copy: each param is compared
+/// with the template's as raw bytes, name and value at once, and only the items whose
+/// value differs are set; the items derived after the params are compared by address.
 struct Template {
-    /// The keys in insertion order. Borrowed: each is a cache entry's key or an
-    /// `intern!` str, both alive for the process's life; compared by address only.
-    keys: Vec<*mut ffi::PyObject>,
-    /// The value at each position when the template was made (`None` for per-request
-    /// objects and values not to be kept). Borrowed from `dict`; compared by address.
-    values: Vec<*mut ffi::PyObject>,
+    /// Per param, in order.
+    params: Vec<ShapeParam>,
+    /// Per param its name, followed by its value when kept ([`ShapeParam::value_kept`]):
+    /// what the next requests' params are compared with.
+    bytes: Vec<u8>,
+    /// The keys of the items derived after the params ([`derive`]), in order. Borrowed:
+    /// each is a cache entry's key or an `intern!` str, both alive for the process's
+    /// life; compared by address only.
+    derived_keys: Vec<*mut ffi::PyObject>,
+    /// Their values when the template was made (`None` for per-request objects and
+    /// values not to be kept). Borrowed from `dict`; compared by address.
+    derived_values: Vec<*mut ffi::PyObject>,
+    /// The role of the request it was made from.
+    role: Role,
+    /// Whether it was made with an `fcgi.data` (a filter request).
+    has_data: bool,
+    /// Every derived item but the request's own objects (`wsgi.input`, `wsgi.errors`,
+    /// `fcgi.data`) is kept in the dict: a request whose params read by [`derive`] are
+    /// all unchanged, of the same role, needs only those three set.
+    derived_kept: bool,
     /// The environ itself, never handed out (only copies are).
     dict: Py<PyDict>,
+}
+
+/// One param of a [`Template`]'s shape.
+struct ShapeParam {
+    /// The name's cache entry, whose key the item has.
+    entry: u8,
+    kind: Kind,
+    /// [`Template::bytes`] holds the whole encoded pair, not just the name, and (for a
+    /// param that is an item of its own) the dict holds its value's str: a param whose
+    /// encoded pair is unchanged needs no decoding and nothing set. Not for values the
+    /// cache does not remember (credentials, long ones): their item is set on every
+    /// request.
+    value_kept: bool,
+    name_len: u32,
+    /// Where the value starts in the encoded pair (`value_kept`).
+    value_at: u32,
+    /// Where its bytes are in [`Template::bytes`].
+    start: u32,
+    len: u32,
+}
+
+impl Template {
+    /// Walk `params` along this template's shape. `None` as soon as a name differs (or
+    /// the number of params). Otherwise `seen` holds what the params say, `changed`
+    /// the params whose item the copy must set, `(entry, value)`, and the flag says
+    /// whether every param [`derive`] reads is the same as the template's.
+    #[inline]
+    fn walk<'p>(
+        &self,
+        params: &'p Params,
+        seen: &mut Seen<'p>,
+        changed: &mut Vec<(u8, &'p [u8])>,
+    ) -> Option<bool> {
+        let mut same_read = true;
+        let mut pairs = params.pairs();
+        for shape in &self.params {
+            let kept = &self.bytes[shape.start as usize..][..shape.len as usize];
+            let name = if shape.value_kept {
+                // The usual case: the same pair, byte for byte, as when the template
+                // was made.
+                let rest = pairs.rest();
+                if let Some(same) = rest.get(..kept.len())
+                    && same_bytes(same, kept)
+                {
+                    if shape.kind != Kind::Plain {
+                        seen.note(shape.kind, &same[shape.value_at as usize..]);
+                    }
+                    pairs.advance_bytes(kept.len());
+                    continue;
+                }
+                &kept[shape.value_at as usize - shape.name_len as usize..shape.value_at as usize]
+            } else {
+                kept
+            };
+            let pair = pairs.next()?;
+            if !same_bytes(pair.name(), name) {
+                return None;
+            }
+            if shape.kind.copied() {
+                changed.push((shape.entry, pair.value()));
+            }
+            same_read &= shape.kind == Kind::Plain;
+            seen.note(shape.kind, pair.value());
+        }
+        pairs.rest().is_empty().then_some(same_read)
+    }
+
+    /// Whether a request of `role`, whose params [`derive`] reads are the same as this
+    /// template's, has the same derived items but for its own objects.
+    fn derives_the_same(&self, role: Role, streams: &Streams<'_, '_>) -> bool {
+        self.derived_kept && self.role == role && self.has_data == streams.data.is_some()
+    }
 }
 
 /// The str objects reused from one request to the next: per name an interned key and
@@ -264,6 +368,8 @@ struct Cache {
     templates: Vec<Template>,
     /// Which template the next new one replaces once there are [`MAX_TEMPLATES`].
     next_template: usize,
+    /// The template the last request matched: tried first.
+    last_template: usize,
     /// Environs built so far: numbers each build for [`Entry::listed`].
     builds: u64,
 }
@@ -294,6 +400,7 @@ impl Cache {
             last_names: Vec::new(),
             templates: Vec::new(),
             next_template: 0,
+            last_template: 0,
             builds: 0,
         }
     }
@@ -426,79 +533,180 @@ impl Cache {
         }
     }
 
-    /// A copy of the template whose keys are those of `items`, with the values of
-    /// `items` set where they differ; `None` when no template has this shape.
+    /// Whether `derived` (what [`derive`] made) has the keys of template `index`'s.
+    fn derived_fit(&self, index: usize, derived: &[Item<'_, '_>]) -> bool {
+        let keys = &self.templates[index].derived_keys;
+        keys.len() == derived.len()
+            && keys
+                .iter()
+                .zip(derived)
+                .all(|(k, item)| item.key.cached() == Some(*k))
+    }
+
+    /// A copy of template `index`, for a request whose params have its shape, with the
+    /// `changed` params set and then the `derived` items that differ; with `derived`
+    /// `None` ([`Template::derives_the_same`]), the request's own objects instead.
     fn copy_template<'py>(
-        &self,
+        &mut self,
         py: Python<'py>,
-        items: &[Item<'_, 'py>],
-    ) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let Some(template) = self.templates.iter().find(|t| {
-            t.keys.len() == items.len()
-                && t.keys
-                    .iter()
-                    .zip(items)
-                    .all(|(k, item)| item.key.cached() == Some(*k))
-        }) else {
-            return Ok(None);
-        };
+        index: usize,
+        changed: &[(u8, &[u8])],
+        derived: Result<&[Item<'_, 'py>], &Streams<'_, 'py>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let template = &self.templates[index];
         // SAFETY: a valid dict; PyDict_Copy returns a new reference or NULL with an
         // exception set.
         let environ = unsafe {
             Bound::from_owned_ptr_or_err(py, ffi::PyDict_Copy(template.dict.as_ptr()))?
                 .cast_into_unchecked::<PyDict>()
         };
-        // The template has no repeated key (see `keep_template`), so each position is
-        // its own key and the order of these updates does not matter.
-        for ((key, was), item) in template.keys.iter().zip(&template.values).zip(items) {
-            if item.value.as_ptr() != *was {
-                set_raw(&environ, *key, &item.value)?;
+        // The template has no repeated key (see `keep_template`), so each param and
+        // each derived item is its own key and the order of these updates does not
+        // matter.
+        match derived {
+            Ok(items) => {
+                for ((key, was), item) in template
+                    .derived_keys
+                    .iter()
+                    .zip(&template.derived_values)
+                    .zip(items)
+                {
+                    if item.value.as_ptr() != *was {
+                        set_raw(&environ, *key, &item.value)?;
+                    }
+                }
+            }
+            Err(streams) => {
+                for (key, value) in own_objects(py, streams) {
+                    set_raw(&environ, key.as_ptr(), value)?;
+                }
             }
         }
-        Ok(Some(environ))
+        for &(entry, value) in changed {
+            let (text, _) = self.value(py, usize::from(entry), value);
+            set_raw(
+                &environ,
+                self.entries[usize::from(entry)].key.as_ptr(),
+                &text,
+            )?;
+        }
+        self.last_template = index;
+        Ok(environ)
     }
 
-    /// Keep `environ`, built from `items`, as a template if it can be one: every key
-    /// cached (so that shapes compare by address) and none repeated (so that each
-    /// position is one key).
+    /// Keep `environ`, built from `params` as `items` (the params' own, then `derived`
+    /// ones), as a template if it can be one: every name cached (the cache's
+    /// `last_names` now holds their entries), no header joined, and no key repeated (so
+    /// that each param and derived item is one key).
     fn keep_template(
         &mut self,
         py: Python<'_>,
+        params: &Params,
         environ: &Bound<'_, PyDict>,
         items: &[Item<'_, '_>],
+        derived: usize,
+        role: Role,
+        streams: &Streams<'_, '_>,
     ) -> PyResult<()> {
-        let keys: Option<Vec<_>> = items.iter().map(|item| item.key.cached()).collect();
-        let Some(keys) = keys else {
-            return Ok(());
-        };
         if environ.len() != items.len() {
             return Ok(());
+        }
+        let (own, derived) = items.split_at(items.len() - derived);
+        let mut own = own.iter();
+        let mut shape = Vec::new();
+        let mut bytes = Vec::new();
+        for (pair, &entry) in params.pairs().zip(&self.last_names) {
+            if entry == NOT_CACHED {
+                return Ok(());
+            }
+            let kind = self.entries[usize::from(entry)].kind;
+            let value_kept = if kind.copied() {
+                match own.next() {
+                    Some(item)
+                        if item.key.cached()
+                            == Some(self.entries[usize::from(entry)].key.as_ptr()) =>
+                    {
+                        item.shareable
+                    }
+                    // A joined header, or an item that is not this param's.
+                    _ => return Ok(()),
+                }
+            } else {
+                // Read by `build` only: kept when the cache would remember it.
+                self.entries[usize::from(entry)].remember && pair.value().len() <= MAX_VALUE_LEN
+            };
+            let kept = if value_kept {
+                pair.encoded()
+            } else {
+                pair.name()
+            };
+            // Names are at most MAX_NAME_LEN and kept values MAX_VALUE_LEN bytes, and
+            // there are at most MAX_NAMES distinct names: far below 2^32.
+            shape.push(ShapeParam {
+                entry,
+                kind,
+                value_kept,
+                name_len: pair.name().len() as u32,
+                value_at: pair.value_at() as u32,
+                start: bytes.len() as u32,
+                len: kept.len() as u32,
+            });
+            bytes.extend_from_slice(kept);
+        }
+        if shape.len() != params.len() || own.next().is_some() {
+            return Ok(());
+        }
+        let mut derived_keys = Vec::with_capacity(derived.len());
+        for item in derived {
+            match item.key.cached() {
+                Some(key) => derived_keys.push(key),
+                None => return Ok(()),
+            }
         }
         // SAFETY: as in `copy_template`.
         let dict = unsafe {
             Bound::from_owned_ptr_or_err(py, ffi::PyDict_Copy(environ.as_ptr()))?
                 .cast_into_unchecked::<PyDict>()
         };
+        // Per-request objects (wsgi.input...) must not be kept alive by the template,
+        // nor credentials outlive their request.
         let none = py.None().into_bound(py);
-        let mut values = Vec::with_capacity(items.len());
-        for (key, item) in keys.iter().zip(items) {
+        for shape in shape.iter().filter(|p| p.kind.copied() && !p.value_kept) {
+            set_raw(
+                &dict,
+                self.entries[usize::from(shape.entry)].key.as_ptr(),
+                &none,
+            )?;
+        }
+        let mut derived_values = Vec::with_capacity(derived.len());
+        let own: Vec<_> = own_objects(py, streams)
+            .map(|(key, _)| key.as_ptr())
+            .collect();
+        let mut derived_kept = true;
+        for (key, item) in derived_keys.iter().zip(derived) {
             if item.shareable {
-                values.push(item.value.as_ptr());
+                derived_values.push(item.value.as_ptr());
             } else {
-                // Per-request objects (wsgi.input...) must not be kept alive by the
-                // template, nor credentials outlive their request.
+                derived_kept &= own.contains(key);
                 set_raw(&dict, *key, &none)?;
-                values.push(none.as_ptr());
+                derived_values.push(none.as_ptr());
             }
         }
         let template = Template {
-            keys,
-            values,
+            params: shape,
+            bytes,
+            derived_keys,
+            derived_values,
+            role,
+            has_data: streams.data.is_some(),
+            derived_kept,
             dict: dict.unbind(),
         };
         if self.templates.len() < MAX_TEMPLATES {
+            self.last_template = self.templates.len();
             self.templates.push(template);
         } else {
+            self.last_template = self.next_template;
             self.templates[self.next_template] = template;
             self.next_template = (self.next_template + 1) % MAX_TEMPLATES;
         }
@@ -580,6 +788,56 @@ pub fn build<'py, 'p>(
     })
 }
 
+/// What the params say that `build` reads besides copying them: the values the derived
+/// items and the [`RequestInfo`] come from.
+#[derive(Default)]
+struct Seen<'p> {
+    script_name: Option<&'p [u8]>,
+    path_info: Option<&'p [u8]>,
+    document_uri: Option<&'p [u8]>,
+    request_uri: Option<&'p [u8]>,
+    https: Option<&'p [u8]>,
+    request_scheme: Option<&'p [u8]>,
+    content_length: Option<&'p [u8]>,
+    content_type: Option<&'p [u8]>,
+    http_content_length: Option<&'p [u8]>,
+    http_content_type: Option<&'p [u8]>,
+    method: Option<&'p [u8]>,
+    query_string: Option<&'p [u8]>,
+    http_host: Option<&'p [u8]>,
+    remote_addr: Option<&'p [u8]>,
+    has_server_name: bool,
+    has_server_port: bool,
+    has_server_protocol: bool,
+}
+
+impl<'p> Seen<'p> {
+    /// A param of this kind has this value (a later one wins).
+    #[inline]
+    fn note(&mut self, kind: Kind, value: &'p [u8]) {
+        match kind {
+            Kind::Plain | Kind::Dropped => {}
+            Kind::ScriptName => self.script_name = Some(value),
+            Kind::PathInfo => self.path_info = Some(value),
+            Kind::ContentLength => self.content_length = Some(value),
+            Kind::ContentType => self.content_type = Some(value),
+            Kind::HttpContentLength => self.http_content_length = Some(value),
+            Kind::HttpContentType => self.http_content_type = Some(value),
+            Kind::DocumentUri => self.document_uri = Some(value),
+            Kind::RequestUri => self.request_uri = Some(value),
+            Kind::Https => self.https = Some(value),
+            Kind::RequestScheme => self.request_scheme = Some(value),
+            Kind::RequestMethod => self.method = Some(value),
+            Kind::QueryString => self.query_string = Some(value),
+            Kind::HttpHost => self.http_host = Some(value),
+            Kind::ServerName => self.has_server_name = true,
+            Kind::ServerPort => self.has_server_port = true,
+            Kind::ServerProtocol => self.has_server_protocol = true,
+            Kind::RemoteAddr => self.remote_addr = Some(value),
+        }
+    }
+}
+
 fn build_with<'py, 'p>(
     py: Python<'py>,
     cache: &mut Cache,
@@ -588,24 +846,48 @@ fn build_with<'py, 'p>(
     mount: &str,
     streams: Streams<'_, 'py>,
 ) -> PyResult<(Bound<'py, PyDict>, RequestInfo<'p>)> {
-    let mut script_name = None;
-    let mut path_info = None;
-    let mut document_uri = None;
-    let mut request_uri = None;
-    let mut https = None;
-    let mut request_scheme = None;
-    let mut content_length = None;
-    let mut content_type = None;
-    let mut http_content_length = None;
-    let mut http_content_type = None;
-    let mut method = None;
-    let mut query_string = None;
-    let mut http_host = None;
-    let mut remote_addr = None;
-    let mut has_server_name = false;
-    let mut has_server_port = false;
-    let mut has_server_protocol = false;
-    // The environ is first listed as items, then made in one go (see `Template`).
+    // The usual case: the params have the shape of a template's; the one the last
+    // request matched is tried first.
+    let mut changed = Vec::new();
+    let mut derived = None;
+    let (count, last) = (cache.templates.len(), cache.last_template);
+    for index in (0..count).map(|i| (last + i) % count) {
+        let mut seen = Seen::default();
+        changed.clear();
+        let Some(same_read) = cache.templates[index].walk(params, &mut seen, &mut changed) else {
+            continue;
+        };
+        if same_read && cache.templates[index].derives_the_same(role, &streams) {
+            let environ = cache.copy_template(py, index, &changed, Err(&streams))?;
+            return Ok((environ, Facts::of(&seen).info(&seen)));
+        }
+        // The derived items depend on the params alone: the same for every template.
+        if derived.is_none() {
+            let mut items = Vec::with_capacity(16);
+            let facts = derive(py, cache, &seen, role, mount, &streams, &mut items)?;
+            derived = Some((items, facts));
+        }
+        let (items, _) = derived.as_ref().expect("derived above");
+        if cache.derived_fit(index, items) {
+            let environ = cache.copy_template(py, index, &changed, Ok(items))?;
+            let (_, facts) = derived.take().expect("derived above");
+            return Ok((environ, facts.info(&seen)));
+        }
+    }
+    build_items(py, cache, params, role, mount, streams)
+}
+
+/// [`build_with`] when no template fits: the environ listed as items, then made in one
+/// go and kept as a template.
+fn build_items<'py, 'p>(
+    py: Python<'py>,
+    cache: &mut Cache,
+    params: &'p Params,
+    role: Role,
+    mount: &str,
+    streams: Streams<'_, 'py>,
+) -> PyResult<(Bound<'py, PyDict>, RequestInfo<'p>)> {
+    let mut seen = Seen::default();
     let mut items: Vec<Item<'_, 'py>> = Vec::with_capacity(48);
     cache.builds += 1;
     let build = cache.builds;
@@ -613,98 +895,164 @@ fn build_with<'py, 'p>(
     for (position, (name, value)) in params.iter().enumerate() {
         let index = cache.entry_at(py, position, name);
         let kind = index.map_or_else(|| Kind::of(name), |i| cache.entries[i].kind);
-        match kind {
-            Kind::Dropped => continue,
-            Kind::ScriptName => script_name = Some(value),
-            Kind::PathInfo => path_info = Some(value),
-            Kind::ContentLength => content_length = Some(value),
-            Kind::ContentType => content_type = Some(value),
-            Kind::HttpContentLength => http_content_length = Some(value),
-            Kind::HttpContentType => http_content_type = Some(value),
-            _ => {
-                match kind {
-                    Kind::DocumentUri => document_uri = Some(value),
-                    Kind::RequestUri => request_uri = Some(value),
-                    Kind::Https => https = Some(value),
-                    Kind::RequestScheme => request_scheme = Some(value),
-                    Kind::RequestMethod => method = Some(value),
-                    Kind::QueryString => query_string = Some(value),
-                    Kind::HttpHost => http_host = Some(value),
-                    Kind::ServerName => has_server_name = true,
-                    Kind::ServerPort => has_server_port = true,
-                    Kind::ServerProtocol => has_server_protocol = true,
-                    Kind::RemoteAddr => remote_addr = Some(value),
-                    _ => {}
-                }
-                let Some(i) = index else {
-                    // Repeats of uncached names are resolved against the dict (`make`).
-                    items.push(Item {
-                        key: Key::Owned(latin1(py, name), name),
-                        value: latin1(py, value).into_any(),
-                        shareable: false,
-                    });
-                    continue;
-                };
-                let (listed_in, listed_at) = cache.entries[i].listed;
-                if listed_in == build && name.starts_with(b"HTTP_") {
-                    // nginx before 1.23 sends a repeated request header as repeated
-                    // HTTP_* params; join them as an HTTP proxy would (RFC 9110 §5.3),
-                    // cookies with "; ". Other repeated params keep the last value (a
-                    // repeated item: later items overwrite earlier ones).
-                    let first = &mut items[listed_at as usize];
-                    let sep = if name == b"HTTP_COOKIE" { "; " } else { ", " };
-                    let mut joined: String = first.value.extract()?;
-                    joined.push_str(sep);
-                    joined.extend(value.iter().map(|&b| char::from(b)));
-                    first.value = PyString::new(py, &joined).into_any();
-                    first.shareable = false;
-                    continue;
-                }
-                // Items number at most the params plus a few, far below 2^32.
-                cache.entries[i].listed = (build, items.len() as u32);
-                let (value, shareable) = cache.value(py, i, value);
-                items.push(Item {
-                    key: Key::Cached(cache.entries[i].key.as_ptr()),
-                    value: value.into_any(),
-                    shareable,
-                });
-            }
+        seen.note(kind, value);
+        if !kind.copied() {
+            continue;
+        }
+        let Some(i) = index else {
+            // Repeats of uncached names are resolved against the dict (`make`).
+            items.push(Item {
+                key: Key::Owned(latin1(py, name), name),
+                value: latin1(py, value).into_any(),
+                shareable: false,
+            });
+            continue;
+        };
+        let (listed_in, listed_at) = cache.entries[i].listed;
+        if listed_in == build && name.starts_with(b"HTTP_") {
+            // nginx before 1.23 sends a repeated request header as repeated HTTP_*
+            // params; join them as an HTTP proxy would (RFC 9110 §5.3), cookies with
+            // "; ". Other repeated params keep the last value (a repeated item: later
+            // items overwrite earlier ones).
+            let first = &mut items[listed_at as usize];
+            let sep = if name == b"HTTP_COOKIE" { "; " } else { ", " };
+            let mut joined: String = first.value.extract()?;
+            joined.push_str(sep);
+            joined.extend(value.iter().map(|&b| char::from(b)));
+            first.value = PyString::new(py, &joined).into_any();
+            first.shareable = false;
+            continue;
+        }
+        // Items number at most the params plus a few, far below 2^32.
+        cache.entries[i].listed = (build, items.len() as u32);
+        let (value, shareable) = cache.value(py, i, value);
+        items.push(Item {
+            key: Key::Cached(cache.entries[i].key.as_ptr()),
+            value: value.into_any(),
+            shareable,
+        });
+    }
+    let own = items.len();
+    let facts = derive(py, cache, &seen, role, mount, &streams, &mut items)?;
+    let environ = make(py, &items)?;
+    let derived = items.len() - own;
+    cache.keep_template(py, params, &environ, &items, derived, role, &streams)?;
+    Ok((environ, facts.info(&seen)))
+}
+
+/// What the [`RequestInfo`] needs besides the params' values.
+struct Facts<'p> {
+    method: Cow<'p, str>,
+    content_length: Option<u64>,
+}
+
+impl<'p> Facts<'p> {
+    fn of(seen: &Seen<'p>) -> Facts<'p> {
+        Facts {
+            method: match seen.method {
+                Some(m) if !m.is_empty() => http::log_safe(m),
+                _ => Cow::Borrowed("GET"),
+            },
+            content_length: content_length(seen).map(|(_, n)| n),
         }
     }
 
+    fn info(self, seen: &Seen<'p>) -> RequestInfo<'p> {
+        let uri = match seen.request_uri {
+            Some(uri) if !uri.is_empty() => http::log_safe(uri),
+            _ => {
+                let mut uri = full_path(seen);
+                if let Some(q) = seen.query_string.filter(|q| !q.is_empty()) {
+                    uri.push(b'?');
+                    uri.extend_from_slice(q);
+                }
+                Cow::Owned(http::log_safe(&uri).into_owned())
+            }
+        };
+        RequestInfo {
+            method: self.method,
+            uri,
+            client: seen.remote_addr.filter(|a| !a.is_empty()),
+            content_length: self.content_length,
+        }
+    }
+}
+
+/// The request's full path, before it is split at the mount point (see
+/// [`http::full_path`]).
+fn full_path(seen: &Seen<'_>) -> Vec<u8> {
+    http::full_path(
+        seen.script_name,
+        seen.path_info,
+        seen.document_uri,
+        seen.request_uri,
+    )
+}
+
+/// CONTENT_LENGTH: the CGI one, else the header copy; empty or unparsable values are
+/// left out. The raw value and the length.
+fn content_length<'p>(seen: &Seen<'p>) -> Option<(&'p [u8], u64)> {
+    let raw = seen
+        .content_length
+        .filter(|v| !v.is_empty())
+        .or(seen.http_content_length.filter(|v| !v.is_empty()))?;
+    http::parse_content_length(raw).map(|n| (raw, n))
+}
+
+/// The environ items holding the request's own objects: `wsgi.input`, `wsgi.errors`
+/// and (a filter request) `fcgi.data`, never kept in a template.
+fn own_objects<'a, 'py>(
+    py: Python<'py>,
+    streams: &'a Streams<'_, 'py>,
+) -> impl Iterator<Item = (&'a Bound<'py, PyString>, &'a Bound<'py, PyAny>)> {
+    [
+        (intern!(py, "wsgi.input"), Some(streams.input)),
+        (intern!(py, "wsgi.errors"), Some(streams.errors)),
+        (intern!(py, "fcgi.data"), streams.data),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| value.map(|v| (key, v)))
+}
+
+/// Push the items that do not come from a param of their own name: CONTENT_LENGTH and
+/// CONTENT_TYPE, defaults for missing CGI variables, SCRIPT_NAME and PATH_INFO split at
+/// the mount point, the `wsgi.*` ones and FCGI_ROLE.
+fn derive<'py, 'p>(
+    py: Python<'py>,
+    cache: &mut Cache,
+    seen: &Seen<'p>,
+    role: Role,
+    mount: &str,
+    streams: &Streams<'_, 'py>,
+    items: &mut Vec<Item<'_, 'py>>,
+) -> PyResult<Facts<'p>> {
     // CONTENT_LENGTH / CONTENT_TYPE: the CGI ones, else the header copies; empty or
     // (for the length) unparsable values are left out.
-    let length_raw = content_length
-        .filter(|v| !v.is_empty())
-        .or(http_content_length.filter(|v| !v.is_empty()));
-    let length = length_raw.and_then(http::parse_content_length);
-    if let (Some(raw), Some(_)) = (length_raw, length) {
+    if let Some((raw, _)) = content_length(seen) {
         items.push(cache.item(py, CONTENT_LENGTH, raw));
     }
-    if let Some(ctype) = content_type
+    if let Some(ctype) = seen
+        .content_type
         .filter(|v| !v.is_empty())
-        .or(http_content_type.filter(|v| !v.is_empty()))
+        .or(seen.http_content_type.filter(|v| !v.is_empty()))
     {
         items.push(cache.item(py, CONTENT_TYPE, ctype));
     }
 
-    let method = match method {
-        Some(m) if !m.is_empty() => http::log_safe(m),
-        _ => {
-            let get = intern!(py, "GET").as_any();
-            items.push(Item::fixed(intern!(py, "REQUEST_METHOD"), get, true));
-            Cow::Borrowed("GET")
-        }
-    };
-    let scheme = http::url_scheme(https, request_scheme);
-    if !has_server_name {
-        let host = http_host
+    if seen.method.is_none_or(<[u8]>::is_empty) {
+        let get = intern!(py, "GET").as_any();
+        items.push(Item::fixed(intern!(py, "REQUEST_METHOD"), get, true));
+    }
+    let scheme = http::url_scheme(seen.https, seen.request_scheme);
+    if !seen.has_server_name {
+        let host = seen
+            .http_host
             .map(host_without_port)
             .filter(|h| !h.is_empty())
             .unwrap_or(b"localhost");
         items.push(cache.item(py, SERVER_NAME, host));
     }
-    if !has_server_port {
+    if !seen.has_server_port {
         let port = if scheme == "https" {
             intern!(py, "443")
         } else {
@@ -712,16 +1060,16 @@ fn build_with<'py, 'p>(
         };
         items.push(Item::fixed(intern!(py, "SERVER_PORT"), port.as_any(), true));
     }
-    if !has_server_protocol {
+    if !seen.has_server_protocol {
         let protocol = intern!(py, "HTTP/1.1").as_any();
         items.push(Item::fixed(intern!(py, "SERVER_PROTOCOL"), protocol, true));
     }
-    if query_string.is_none() {
+    if seen.query_string.is_none() {
         let empty = intern!(py, "").as_any();
         items.push(Item::fixed(intern!(py, "QUERY_STRING"), empty, true));
     }
 
-    let full = http::full_path(script_name, path_info, document_uri, request_uri);
+    let full = full_path(seen);
     let (script, path) = http::split_mount(&full, mount.as_bytes());
     items.push(cache.item(py, SCRIPT_NAME, script));
     items.push(cache.item(py, PATH_INFO, path));
@@ -772,36 +1120,7 @@ fn build_with<'py, 'p>(
     if let Some(data) = streams.data {
         items.push(Item::fixed(intern!(py, "fcgi.data"), data, false));
     }
-
-    let environ = match cache.copy_template(py, &items)? {
-        Some(environ) => environ,
-        None => {
-            let environ = make(py, &items)?;
-            cache.keep_template(py, &environ, &items)?;
-            environ
-        }
-    };
-
-    let uri = match request_uri {
-        Some(uri) if !uri.is_empty() => http::log_safe(uri),
-        _ => {
-            let mut uri = full.clone();
-            if let Some(q) = query_string.filter(|q| !q.is_empty()) {
-                uri.push(b'?');
-                uri.extend_from_slice(q);
-            }
-            Cow::Owned(http::log_safe(&uri).into_owned())
-        }
-    };
-    Ok((
-        environ,
-        RequestInfo {
-            method,
-            uri,
-            client: remote_addr.filter(|a| !a.is_empty()),
-            content_length: length,
-        },
-    ))
+    Ok(Facts::of(seen))
 }
 
 /// A new environ holding `items`, applied in order.
