@@ -582,7 +582,8 @@ impl Rng {
 /// whole environ templates from one request to the next (crates/worker/src/wsgi/
 /// environ.rs); none of that may let one request's values show in another's. Requests
 /// of many shapes (headers present or not, GET and POST, params left out, a repeated
-/// header, a name too long to cache, credentials, values too long to remember), four
+/// header, a name too long to cache, credentials, values too long to remember, an
+/// authorizer's request), four
 /// requests of each with values drawn from small pools, so that values repeat, change
 /// length and come back, go over one kept connection to one worker in three orders
 /// (grouped by shape, shuffled, grouped in reverse), each twice in a row. Each answer's
@@ -623,13 +624,13 @@ fn environ_depends_on_the_request_alone() {
         ("Authorization", "HTTP_AUTHORIZATION"),
         ("X-Custom", "HTTP_X_CUSTOM"),
     ];
-    // Ten shapes (method, headers, one odd param), four requests of each whose values
-    // differ.
+    // Ten shapes (method, headers, one odd param: every one of them), four requests of
+    // each whose values differ.
     let shapes: Vec<_> = (0..10)
         .map(|n| {
             let post = n % 3 == 0;
             let present: Vec<_> = headers.iter().filter(|_| rng.below(2) == 0).collect();
-            (post, present, rng.below(9))
+            (post, present, n % 9)
         })
         .collect();
     for (post, present, variant) in shapes.iter().flat_map(|s| [s, s, s, s]) {
@@ -658,6 +659,16 @@ fn environ_depends_on_the_request_alone() {
             req = req.header(header, value);
             sent.push((var.to_string(), value.into()));
         }
+        // The role is no param: the same params come as an authorizer's request too.
+        let role = if rng.below(4) == 0 {
+            // Sent without its body, as an authorizer's request is.
+            req.role = Role::Authorizer;
+            body_len = 0;
+            "AUTHORIZER"
+        } else {
+            "RESPONDER"
+        };
+        sent.push(("FCGI_ROLE".into(), role.into()));
         let port = rng.pick(&["1", "12345", "54321"]);
         req = req.param("REMOTE_PORT", port);
         sent.push(("REMOTE_PORT".into(), port.into()));

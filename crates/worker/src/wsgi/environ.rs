@@ -530,6 +530,7 @@ impl Cache {
             key: Key::Cached(self.entries[preset].key.as_ptr()),
             value: value.into_any(),
             shareable,
+            own: false,
         }
     }
 
@@ -606,7 +607,6 @@ impl Cache {
         items: &[Item<'_, '_>],
         derived: usize,
         role: Role,
-        streams: &Streams<'_, '_>,
     ) -> PyResult<()> {
         if environ.len() != items.len() {
             return Ok(());
@@ -679,26 +679,24 @@ impl Cache {
             )?;
         }
         let mut derived_values = Vec::with_capacity(derived.len());
-        let own: Vec<_> = own_objects(py, streams)
-            .map(|(key, _)| key.as_ptr())
-            .collect();
         let mut derived_kept = true;
         for (key, item) in derived_keys.iter().zip(derived) {
             if item.shareable {
                 derived_values.push(item.value.as_ptr());
             } else {
-                derived_kept &= own.contains(key);
+                derived_kept &= item.own;
                 set_raw(&dict, *key, &none)?;
                 derived_values.push(none.as_ptr());
             }
         }
+        let has_data = derived_keys.contains(&intern!(py, "fcgi.data").as_ptr());
         let template = Template {
             params: shape,
             bytes,
             derived_keys,
             derived_values,
             role,
-            has_data: streams.data.is_some(),
+            has_data,
             derived_kept,
             dict: dict.unbind(),
         };
@@ -745,6 +743,8 @@ struct Item<'a, 'py> {
     value: Bound<'py, PyAny>,
     /// The value may be kept by a template: a remembered str or a constant.
     shareable: bool,
+    /// One of the request's own objects (see [`own_objects`]).
+    own: bool,
 }
 
 impl<'py> Item<'_, 'py> {
@@ -754,6 +754,15 @@ impl<'py> Item<'_, 'py> {
             key: Key::Cached(key.as_ptr()),
             value: value.clone(),
             shareable,
+            own: false,
+        }
+    }
+
+    /// An item holding one of the request's own objects (see [`own_objects`]).
+    fn own_object(key: &Bound<'py, PyString>, value: &Bound<'py, PyAny>) -> Self {
+        Item {
+            own: true,
+            ..Item::fixed(key, value, false)
         }
     }
 }
@@ -859,19 +868,18 @@ fn build_with<'py, 'p>(
         };
         if same_read && cache.templates[index].derives_the_same(role, &streams) {
             let environ = cache.copy_template(py, index, &changed, Err(&streams))?;
-            return Ok((environ, Facts::of(&seen).info(&seen)));
+            return Ok((environ, request_info(&seen)));
         }
         // The derived items depend on the params alone: the same for every template.
         if derived.is_none() {
             let mut items = Vec::with_capacity(16);
-            let facts = derive(py, cache, &seen, role, mount, &streams, &mut items)?;
-            derived = Some((items, facts));
+            derive(py, cache, &seen, role, mount, &streams, &mut items)?;
+            derived = Some(items);
         }
-        let (items, _) = derived.as_ref().expect("derived above");
+        let items = derived.as_deref().expect("derived above");
         if cache.derived_fit(index, items) {
             let environ = cache.copy_template(py, index, &changed, Ok(items))?;
-            let (_, facts) = derived.take().expect("derived above");
-            return Ok((environ, facts.info(&seen)));
+            return Ok((environ, request_info(&seen)));
         }
     }
     build_items(py, cache, params, role, mount, streams)
@@ -905,6 +913,7 @@ fn build_items<'py, 'p>(
                 key: Key::Owned(latin1(py, name), name),
                 value: latin1(py, value).into_any(),
                 shareable: false,
+                own: false,
             });
             continue;
         };
@@ -930,51 +939,39 @@ fn build_items<'py, 'p>(
             key: Key::Cached(cache.entries[i].key.as_ptr()),
             value: value.into_any(),
             shareable,
+            own: false,
         });
     }
     let own = items.len();
-    let facts = derive(py, cache, &seen, role, mount, &streams, &mut items)?;
+    derive(py, cache, &seen, role, mount, &streams, &mut items)?;
     let environ = make(py, &items)?;
     let derived = items.len() - own;
-    cache.keep_template(py, params, &environ, &items, derived, role, &streams)?;
-    Ok((environ, facts.info(&seen)))
+    cache.keep_template(py, params, &environ, &items, derived, role)?;
+    Ok((environ, request_info(&seen)))
 }
 
-/// What the [`RequestInfo`] needs besides the params' values.
-struct Facts<'p> {
-    method: Cow<'p, str>,
-    content_length: Option<u64>,
-}
-
-impl<'p> Facts<'p> {
-    fn of(seen: &Seen<'p>) -> Facts<'p> {
-        Facts {
-            method: match seen.method {
-                Some(m) if !m.is_empty() => http::log_safe(m),
-                _ => Cow::Borrowed("GET"),
-            },
-            content_length: content_length(seen).map(|(_, n)| n),
-        }
-    }
-
-    fn info(self, seen: &Seen<'p>) -> RequestInfo<'p> {
-        let uri = match seen.request_uri {
-            Some(uri) if !uri.is_empty() => http::log_safe(uri),
-            _ => {
-                let mut uri = full_path(seen);
-                if let Some(q) = seen.query_string.filter(|q| !q.is_empty()) {
-                    uri.push(b'?');
-                    uri.extend_from_slice(q);
-                }
-                Cow::Owned(http::log_safe(&uri).into_owned())
+/// The driver's facts about the request, from what its params say.
+fn request_info<'p>(seen: &Seen<'p>) -> RequestInfo<'p> {
+    let method = match seen.method {
+        Some(m) if !m.is_empty() => http::log_safe(m),
+        _ => Cow::Borrowed("GET"),
+    };
+    let uri = match seen.request_uri {
+        Some(uri) if !uri.is_empty() => http::log_safe(uri),
+        _ => {
+            let mut uri = full_path(seen);
+            if let Some(q) = seen.query_string.filter(|q| !q.is_empty()) {
+                uri.push(b'?');
+                uri.extend_from_slice(q);
             }
-        };
-        RequestInfo {
-            method: self.method,
-            uri,
-            client: seen.remote_addr.filter(|a| !a.is_empty()),
-            content_length: self.content_length,
+            Cow::Owned(http::log_safe(&uri).into_owned())
         }
+    };
+    RequestInfo {
+        method,
+        uri,
+        client: seen.remote_addr.filter(|a| !a.is_empty()),
+        content_length: content_length(seen).map(|(_, n)| n),
     }
 }
 
@@ -1025,7 +1022,7 @@ fn derive<'py, 'p>(
     mount: &str,
     streams: &Streams<'_, 'py>,
     items: &mut Vec<Item<'_, 'py>>,
-) -> PyResult<Facts<'p>> {
+) -> PyResult<()> {
     // CONTENT_LENGTH / CONTENT_TYPE: the CGI ones, else the header copies; empty or
     // (for the length) unparsable values are left out.
     if let Some((raw, _)) = content_length(seen) {
@@ -1089,8 +1086,8 @@ fn derive<'py, 'p>(
     items.extend([
         Item::fixed(intern!(py, "wsgi.version"), version, true),
         Item::fixed(intern!(py, "wsgi.url_scheme"), url_scheme.as_any(), true),
-        Item::fixed(intern!(py, "wsgi.input"), streams.input, false),
-        Item::fixed(intern!(py, "wsgi.errors"), streams.errors, false),
+        Item::own_object(intern!(py, "wsgi.input"), streams.input),
+        Item::own_object(intern!(py, "wsgi.errors"), streams.errors),
         Item::fixed(intern!(py, "wsgi.multithread"), &no, true),
         Item::fixed(intern!(py, "wsgi.multiprocess"), &yes, true),
         Item::fixed(intern!(py, "wsgi.run_once"), &no, true),
@@ -1118,9 +1115,9 @@ fn derive<'py, 'p>(
         ));
     }
     if let Some(data) = streams.data {
-        items.push(Item::fixed(intern!(py, "fcgi.data"), data, false));
+        items.push(Item::own_object(intern!(py, "fcgi.data"), data));
     }
-    Ok(Facts::of(seen))
+    Ok(())
 }
 
 /// A new environ holding `items`, applied in order.
