@@ -106,6 +106,26 @@ enum Kind {
 }
 
 impl Kind {
+    /// Whether [`derive`] reads the param's value (it reads the others' presence at
+    /// most, which the params' names already tell).
+    fn read_by_derive(self) -> bool {
+        matches!(
+            self,
+            Kind::ScriptName
+                | Kind::PathInfo
+                | Kind::ContentLength
+                | Kind::ContentType
+                | Kind::HttpContentLength
+                | Kind::HttpContentType
+                | Kind::DocumentUri
+                | Kind::RequestUri
+                | Kind::Https
+                | Kind::RequestScheme
+                | Kind::RequestMethod
+                | Kind::HttpHost
+        )
+    }
+
     /// Whether the param becomes an environ item of its own name.
     fn copied(self) -> bool {
         !matches!(
@@ -259,8 +279,9 @@ struct Entry {
 struct Template {
     /// Per param, in order.
     params: Vec<ShapeParam>,
-    /// Per param its name, followed by its value when kept ([`ShapeParam::value_kept`]):
-    /// what the next requests' params are compared with.
+    /// Per param its whole encoded pair when its value is kept
+    /// ([`ShapeParam::value_kept`]), else its name: what the next requests' params are
+    /// compared with.
     bytes: Vec<u8>,
     /// The keys of the items derived after the params ([`derive`]), in order. Borrowed:
     /// each is a cache entry's key or an `intern!` str, both alive for the process's
@@ -340,7 +361,7 @@ impl Template {
             if shape.kind.copied() {
                 changed.push((shape.entry, pair.value()));
             }
-            same_read &= shape.kind == Kind::Plain;
+            same_read &= !shape.kind.read_by_derive();
             seen.note(shape.kind, pair.value());
         }
         pairs.rest().is_empty().then_some(same_read)
@@ -351,6 +372,15 @@ impl Template {
     fn derives_the_same(&self, role: Role, streams: &Streams<'_, '_>) -> bool {
         self.derived_kept && self.role == role && self.has_data == streams.data.is_some()
     }
+}
+
+/// The derived items of a request whose params have a template's shape.
+enum Derived<'a, 'b, 'py> {
+    /// As [`derive`] made them, to be compared with the template's.
+    Items(&'a [Item<'b, 'py>]),
+    /// The template's ([`Template::derives_the_same`]) but for the request's own
+    /// objects, which these streams hold.
+    Same(&'a Streams<'b, 'py>),
 }
 
 /// The str objects reused from one request to the next: per name an interned key and
@@ -545,14 +575,13 @@ impl Cache {
     }
 
     /// A copy of template `index`, for a request whose params have its shape, with the
-    /// `changed` params set and then the `derived` items that differ; with `derived`
-    /// `None` ([`Template::derives_the_same`]), the request's own objects instead.
+    /// `changed` params set and the derived items that differ.
     fn copy_template<'py>(
         &mut self,
         py: Python<'py>,
         index: usize,
         changed: &[(u8, &[u8])],
-        derived: Result<&[Item<'_, 'py>], &Streams<'_, 'py>>,
+        derived: Derived<'_, '_, 'py>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let template = &self.templates[index];
         // SAFETY: a valid dict; PyDict_Copy returns a new reference or NULL with an
@@ -565,7 +594,7 @@ impl Cache {
         // each derived item is its own key and the order of these updates does not
         // matter.
         match derived {
-            Ok(items) => {
+            Derived::Items(items) => {
                 for ((key, was), item) in template
                     .derived_keys
                     .iter()
@@ -577,7 +606,7 @@ impl Cache {
                     }
                 }
             }
-            Err(streams) => {
+            Derived::Same(streams) => {
                 for (key, value) in own_objects(py, streams) {
                     set_raw(&environ, key.as_ptr(), value)?;
                 }
@@ -611,8 +640,8 @@ impl Cache {
         if environ.len() != items.len() {
             return Ok(());
         }
-        let (own, derived) = items.split_at(items.len() - derived);
-        let mut own = own.iter();
+        let (param_items, derived) = items.split_at(items.len() - derived);
+        let mut param_items = param_items.iter();
         let mut shape = Vec::new();
         let mut bytes = Vec::new();
         for (pair, &entry) in params.pairs().zip(&self.last_names) {
@@ -621,7 +650,7 @@ impl Cache {
             }
             let kind = self.entries[usize::from(entry)].kind;
             let value_kept = if kind.copied() {
-                match own.next() {
+                match param_items.next() {
                     Some(item)
                         if item.key.cached()
                             == Some(self.entries[usize::from(entry)].key.as_ptr()) =>
@@ -632,7 +661,7 @@ impl Cache {
                     _ => return Ok(()),
                 }
             } else {
-                // Read by `build` only: kept when the cache would remember it.
+                // Read by `derive` only: kept when the cache would remember it.
                 self.entries[usize::from(entry)].remember && pair.value().len() <= MAX_VALUE_LEN
             };
             let kept = if value_kept {
@@ -640,8 +669,8 @@ impl Cache {
             } else {
                 pair.name()
             };
-            // Names are at most MAX_NAME_LEN and kept values MAX_VALUE_LEN bytes, and
-            // there are at most MAX_NAMES distinct names: far below 2^32.
+            // Offsets and lengths within a params block, which request_params_max keeps
+            // far below 2^32 bytes.
             shape.push(ShapeParam {
                 entry,
                 kind,
@@ -653,7 +682,7 @@ impl Cache {
             });
             bytes.extend_from_slice(kept);
         }
-        if shape.len() != params.len() || own.next().is_some() {
+        if shape.len() != params.len() || param_items.next().is_some() {
             return Ok(());
         }
         let mut derived_keys = Vec::with_capacity(derived.len());
@@ -867,7 +896,7 @@ fn build_with<'py, 'p>(
             continue;
         };
         if same_read && cache.templates[index].derives_the_same(role, &streams) {
-            let environ = cache.copy_template(py, index, &changed, Err(&streams))?;
+            let environ = cache.copy_template(py, index, &changed, Derived::Same(&streams))?;
             return Ok((environ, request_info(&seen)));
         }
         // The derived items depend on the params alone: the same for every template.
@@ -878,7 +907,7 @@ fn build_with<'py, 'p>(
         }
         let items = derived.as_deref().expect("derived above");
         if cache.derived_fit(index, items) {
-            let environ = cache.copy_template(py, index, &changed, Ok(items))?;
+            let environ = cache.copy_template(py, index, &changed, Derived::Items(items))?;
             return Ok((environ, request_info(&seen)));
         }
     }
