@@ -527,6 +527,11 @@ impl Cache {
         self.new_value(py, index, bytes)
     }
 
+    /// Whether entry `index` remembers the value `bytes` (and a template may keep it).
+    fn remembers(&self, index: usize, bytes: &[u8]) -> bool {
+        self.entries[index].remember && bytes.len() <= MAX_VALUE_LEN
+    }
+
     /// [`Cache::value`] for a value that is not the remembered one: kept out of line,
     /// so that the usual case, inlined, is a comparison.
     #[inline(never)]
@@ -536,11 +541,11 @@ impl Cache {
         index: usize,
         bytes: &[u8],
     ) -> (Bound<'py, PyString>, bool) {
-        let entry = &mut self.entries[index];
         let text = latin1(py, bytes);
-        if !entry.remember || bytes.len() > MAX_VALUE_LEN {
+        if !self.remembers(index, bytes) {
             return (text, false);
         }
+        let entry = &mut self.entries[index];
         match &mut entry.value {
             Some((last, old)) => {
                 last.clear();
@@ -662,7 +667,7 @@ impl Cache {
                 }
             } else {
                 // Read by `derive` only: kept when the cache would remember it.
-                self.entries[usize::from(entry)].remember && pair.value().len() <= MAX_VALUE_LEN
+                self.remembers(usize::from(entry), pair.value())
             };
             let kept = if value_kept {
                 pair.encoded()
@@ -876,6 +881,7 @@ impl<'p> Seen<'p> {
     }
 }
 
+/// [`build`] with the worker's cache: from a template when one fits, else item by item.
 fn build_with<'py, 'p>(
     py: Python<'py>,
     cache: &mut Cache,
