@@ -831,6 +831,16 @@ def targets(rows, conns):
     return out
 
 
+def autogroup():
+    """Whether the kernel shares CPU time between sessions before processes (every
+    server here runs in its own session; see benches/README.md)."""
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            return "on" if f.read().strip() == "1" else "off"
+    except OSError:
+        return "not available"
+
+
 def tool_versions(ctx):
     def first_line(argv):
         try:
@@ -1044,6 +1054,8 @@ def main():
 
     # ---- report
     notes = [s for s in scenarios if s.note]
+    machine = {"arch": platform.machine(), "cpus": os.cpu_count(),
+               "kernel": platform.release(), "autogroup": autogroup()}  # fmt: skip
     settings = (
         "wrk -t%d, %d s runs, %d round(s) after a %d s warm-up per pair, connections %s; "
         "one nginx (worker_processes 1, access_log off); every backend 2 worker processes "
@@ -1053,8 +1065,9 @@ def main():
     header = [
         "# pyfpm benchmark, %s" % started.strftime("%Y-%m-%d %H:%M UTC"),
         "",
-        "Machine: %s, %d CPUs, kernel %s." % (platform.machine(), os.cpu_count(),
-                                              platform.release()),  # fmt: skip
+        "Machine: %s, %d CPUs, kernel %s, autogroup %s (every server in its own "
+        "session)." % (machine["arch"], machine["cpus"], machine["kernel"],
+                       machine["autogroup"]),  # fmt: skip
         "",
         "Settings: %s." % settings,
         "",
@@ -1082,7 +1095,8 @@ def main():
     with open(md_path, "w") as f:
         f.write("\n".join(md) + "\n")
     with open(json_path, "w") as f:
-        json.dump({"started": started.isoformat(), "settings": vars(args),
+        json.dump({"started": started.isoformat(), "machine": machine,
+                   "settings": vars(args),
                    "versions": versions, "stall_ratio": STALL_RATIO,
                    "notes": {s.name: s.note for s in notes},
                    "rows": rows}, f, indent=1, default=str)  # fmt: skip
