@@ -147,7 +147,8 @@ def main():
                     help="report process name COMM as LABEL (repeatable), e.g. "
                          "python=worker uwsgi=worker")
     ap.add_argument("--floor", type=float, default=0.01,
-                    help="hide rows below this figure (default 0.01)")
+                    help="hide rows below this many per request (default 0.01); per "
+                         "second, below 1000 times it")
     ap.add_argument("--buffer-kb", type=int, default=32768,
                     help="trace buffer per CPU in KiB (default 32768)")
     args = ap.parse_args()
